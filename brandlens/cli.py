@@ -1,0 +1,79 @@
+"""The ``brandlens`` command: one subcommand per stage; each builds its config once."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from brandlens import __version__
+from brandlens.config import BackboneConfig
+from brandlens.errors import BrandlensError
+
+
+def _cmd_backbone(args: argparse.Namespace) -> int:
+    from brandlens.backbones.artifact import read_fingerprint
+
+    path = BackboneConfig.from_args(args).materialize()
+    print(path)
+    print(read_fingerprint(path).to_json())
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from brandlens.sample import make_sample
+
+    sample = make_sample(args.out, args.per_label, tuple(args.brands.split(",")), args.seed, not args.closed_world)
+    print(f"wrote {sample.manifest} and {sample.posts} (labels: {', '.join(sample.labels)})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from brandlens.demo import DemoConfig, run_demo
+
+    return run_demo(DemoConfig.from_args(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brandlens", description="Find the photos that show a brand's products, at archive scale.")
+    parser.add_argument("--version", action="version", version=f"brandlens {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("backbone", help="materialise a pretrained backbone into a versioned artifact",
+                       description="Build a pretrained CNN once into <artifacts>/<name>-<hash>/ (SavedModel + fingerprint.json).")
+    BackboneConfig.add_arguments(p)
+    p.set_defaults(handler=_cmd_backbone)
+
+    p = sub.add_parser("sample", help="generate the small synthetic sample archive",
+                       description="Write synthetic brand photos, a labelled manifest and a posts manifest.")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--per-label", type=int, default=24, help="images per label (default %(default)s)")
+    p.add_argument("--brands", default="acme,zenith", help="comma-separated brand names (default %(default)s)")
+    p.add_argument("--closed-world", action="store_true", help="no 'neither' class")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_cmd_sample)
+
+    from brandlens.demo import DemoConfig
+
+    p = sub.add_parser("demo", help="run the whole product on the generated sample",
+                       description="Generate the sample archive and run every stage on it with the DirectRunner.")
+    DemoConfig.add_arguments(p)
+    p.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except BrandlensError as exc:
+        print(f"brandlens: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
