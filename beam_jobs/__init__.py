@@ -1,0 +1,1 @@
+"""Apache Beam pipelines: the bottleneck job and the scoring job."""

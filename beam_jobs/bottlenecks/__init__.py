@@ -1,0 +1,1 @@
+"""The bottleneck job: labelled image archives -> bottleneck features in TFRecords."""

@@ -1,0 +1,48 @@
+"""The exported model's contract: the trainer writes it, the scoring job and servers read it.
+
+An export directory holds:
+
+- ``serving/``: SavedModel with full preprocessing inside.
+  * ``serving_default(image_bytes: string[N])``: decodes (JPEG with the same
+    accurate DCT as Pillow, PNG, GIF, BMP), crops and resizes as the backbone's
+    fingerprint says, embeds, transforms and classifies.
+  * ``score_images(images: float32[N, S, S, 3])``: the same from already
+    decoded and prepared images (:func:`brandlens.preprocess.crop_and_resize`);
+    the scoring job uses it after its own decoding, which handles more formats,
+    EXIF orientation and bad input.
+  Both return ``OUTPUTS``.
+- ``head/``: SavedModel ``serving_default(embedding: float32[N, D])`` returning
+  ``OUTPUTS`` from a raw (untransformed) embedding: rescoring without the CNN.
+- ``model_card.json``: ``MODEL_CARD_FIELDS`` below.
+"""
+
+SERVING_DIR = "serving"
+HEAD_DIR = "head"
+MODEL_CARD = "model_card.json"
+
+SIG_BYTES = "serving_default"
+SIG_IMAGES = "score_images"
+SIG_EMBEDDING = "serving_default"
+
+INPUT_BYTES = "image_bytes"
+INPUT_IMAGES = "images"
+INPUT_EMBEDDING = "embedding"
+
+OUT_SCORES = "scores"          # float32 [N, C], softmax over MODEL_CARD["labels"] order
+OUT_LABEL = "label"            # string [N], after the threshold rule
+OUT_CONFIDENCE = "confidence"  # float32 [N], the score of the chosen label
+OUT_EMBEDDING = "embedding"    # float32 [N, D], the raw backbone embedding
+OUTPUTS = (OUT_SCORES, OUT_LABEL, OUT_CONFIDENCE, OUT_EMBEDDING)
+
+MODEL_CARD_FIELDS = (
+    "version_id",       # e.g. "bl-20261129T021700Z-3f2a9c1e"; outputs cite it
+    "labels",           # class order of OUT_SCORES
+    "neither_label",    # the open-world class name, or null in a closed world
+    "threshold",        # min brand score, below which the label falls back to neither_label; null = argmax
+    "backbone",         # the backbone fingerprint (dict), incl. "version"
+    "training_data",    # bottleneck dir, manifest(s), counts per split and label
+    "hyperparameters",
+    "metrics",          # validation and test figures
+    "created_at",
+    "brandlens_version",
+)

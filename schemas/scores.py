@@ -1,0 +1,56 @@
+"""Arrow schema of the scoring job's Parquet output.
+
+Fixed columns first, then one ``score_<label>`` column per class, then the
+columns carried through unchanged from the posts manifest.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+POST_ID = "post_id"
+IMAGE_URI = "image_uri"
+CONTENT_HASH = "content_hash"
+LABEL = "label"
+CONFIDENCE = "confidence"
+BRAND_FOUND = "brand_found"
+MODEL_VERSION = "model_version"
+BACKBONE = "backbone"
+SCORED_AT = "scored_at"
+EMBEDDING = "embedding"
+PARTITION = "dt"
+
+FIXED_FIELDS = (
+    pa.field(POST_ID, pa.string(), nullable=False),
+    pa.field(IMAGE_URI, pa.string(), nullable=False),
+    pa.field(CONTENT_HASH, pa.string(), nullable=False),
+    pa.field(LABEL, pa.string(), nullable=False),
+    pa.field(CONFIDENCE, pa.float32(), nullable=False),
+    pa.field(BRAND_FOUND, pa.bool_(), nullable=False),
+    pa.field(MODEL_VERSION, pa.string(), nullable=False),
+    pa.field(BACKBONE, pa.string(), nullable=False),
+    pa.field(SCORED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
+)
+RESERVED = {f.name for f in FIXED_FIELDS} | {EMBEDDING, PARTITION}
+
+
+def score_column(label: str) -> str:
+    """``score_<label>``, with the label made a safe SQL identifier."""
+    return "score_" + re.sub(r"[^0-9a-zA-Z_]", "_", label.lower())
+
+
+def scores_schema(labels: list[str], carried: list[str] = (), with_embedding: bool = False, embedding_dim: int = 0) -> pa.Schema:
+    """The output schema for a model's ``labels``; ``carried`` columns are strings as read."""
+    columns = [score_column(label) for label in labels]
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"labels {labels} collide as column names {columns}")
+    clash = [c for c in carried if c in RESERVED or c in columns]
+    if clash:
+        raise ValueError(f"input columns {clash} clash with output columns; rename them")
+    fields = list(FIXED_FIELDS) + [pa.field(c, pa.float32(), nullable=False) for c in columns]
+    if with_embedding:
+        fields.append(pa.field(EMBEDDING, pa.list_(pa.float32(), embedding_dim), nullable=False))
+    fields += [pa.field(c, pa.string()) for c in carried]
+    return pa.schema(fields)

@@ -1,0 +1,1 @@
+"""Fit, evaluate and export the classifier head."""
