@@ -38,6 +38,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(DemoConfig.from_args(args))
 
 
+def _cmd_query(args: argparse.Namespace) -> int:
+    from brandlens.query import QueryConfig, query
+
+    print(query(QueryConfig.from_args(args)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brandlens", description="Find the photos that show a brand's products, at archive scale.")
     parser.add_argument("--version", action="version", version=f"brandlens {__version__}")
@@ -57,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--closed-world", action="store_true", help="no 'neither' class")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_cmd_sample)
+
+    from brandlens.query import QueryConfig
+
+    p = sub.add_parser("query", help="summaries or any SQL over the scoring job's Parquet output (DuckDB)",
+                       description="Query the scored posts: the view 'scores' covers every Parquet file under --scores.")
+    QueryConfig.add_arguments(p)
+    p.set_defaults(handler=_cmd_query)
 
     from brandlens.demo import DemoConfig
 

@@ -1,0 +1,1 @@
+"""The scoring job: archived posts -> brand labels in a partitioned Parquet dataset."""

@@ -1,0 +1,119 @@
+"""Query the scoring job's Parquet output with DuckDB: ready-made summaries or any SQL.
+
+The dataset is exposed as a view ``scores`` over every Parquet file under the
+output folder, with the Hive partition column ``dt`` added from the paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from brandlens.errors import ConfigError
+
+SUMMARIES = {
+    "labels-per-day": (
+        "Posts per label per day",
+        "SELECT dt, label, count(*) AS posts FROM scores GROUP BY dt, label ORDER BY dt, label",
+    ),
+    "top-per-brand": (
+        "The most confident posts per brand",
+        "SELECT label, rank, post_id, image_uri, round(confidence, 5) AS confidence FROM ("
+        " SELECT *, row_number() OVER (PARTITION BY label ORDER BY confidence DESC, post_id) AS rank"
+        " FROM scores WHERE brand_found) WHERE rank <= {top} ORDER BY label, rank",
+    ),
+    "brand-share": (
+        "Share of posts with any brand",
+        "SELECT count(*) AS posts, sum(CASE WHEN brand_found THEN 1 ELSE 0 END) AS posts_with_brand,"
+        " round(avg(CASE WHEN brand_found THEN 1.0 ELSE 0.0 END), 4) AS share FROM scores",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    scores: str
+    summaries: tuple[str, ...]
+    sql: str | None
+    top: int
+    output_format: str
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--scores", required=True, help="the scoring job's Parquet output folder")
+        parser.add_argument("--summary", action="append", choices=sorted(SUMMARIES), default=None,
+                            help="a ready-made summary (repeatable; default: all three)")
+        parser.add_argument("--sql", default=None, help="any SQL over the view 'scores' (then no summaries unless asked)")
+        parser.add_argument("--top", type=int, default=3, help="posts per brand in top-per-brand (default %(default)s)")
+        parser.add_argument("--format", dest="output_format", choices=("table", "csv", "json"), default="table")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "QueryConfig":
+        summaries = tuple(args.summary) if args.summary else (() if args.sql else tuple(SUMMARIES))
+        return cls(args.scores, summaries, args.sql, args.top, args.output_format)
+
+
+def connect(scores: str):
+    """A DuckDB connection with the view ``scores`` over the Parquet dataset."""
+    import duckdb
+
+    root = scores.rstrip("/")
+    if "://" not in root and not Path(root).is_dir():
+        raise ConfigError(f"no scoring output at {scores}")
+    con = duckdb.connect()
+    if "://" in root:
+        con.execute("INSTALL httpfs; LOAD httpfs;")
+    pattern = f"{root}/**/*.parquet".replace("'", "''")
+    try:
+        con.execute(
+            f"CREATE VIEW scores AS SELECT * FROM read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
+        )
+    except duckdb.Error as exc:
+        raise ConfigError(f"cannot read Parquet files under {scores}: {str(exc).splitlines()[0]}") from None
+    return con
+
+
+def run_query(con, sql: str) -> tuple[list[str], list[tuple]]:
+    import duckdb
+
+    try:
+        cursor = con.execute(sql)
+    except duckdb.Error as exc:
+        raise ConfigError(f"query failed: {str(exc).splitlines()[0]}") from None
+    return [d[0] for d in cursor.description], cursor.fetchall()
+
+
+def format_rows(columns: list[str], rows: list[tuple], output_format: str) -> str:
+    if output_format == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return buf.getvalue().rstrip("\n")
+    if output_format == "json":
+        import json
+
+        return "\n".join(json.dumps(dict(zip(columns, row)), default=str) for row in rows)
+    cells = [columns] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def query(config: QueryConfig) -> str:
+    """Run the requested summaries and SQL; return the printable text."""
+    con = connect(config.scores)
+    blocks = []
+    for name in config.summaries:
+        title, sql = SUMMARIES[name]
+        columns, rows = run_query(con, sql.format(top=int(config.top)))
+        blocks.append(f"## {title} ({name})\n{format_rows(columns, rows, config.output_format)}")
+    if config.sql:
+        columns, rows = run_query(con, config.sql)
+        blocks.append(format_rows(columns, rows, config.output_format))
+    return "\n\n".join(blocks)
