@@ -33,3 +33,30 @@ def lite0_artifact(artifact_root) -> Path:
     from brandlens.backbones.artifact import materialize
 
     return materialize("efficientnet_lite0", artifact_root)
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+    """A real GCS API on localhost (gcp-storage-emulator); yields the gs:// bucket URL."""
+    import socket
+
+    from gcp_storage_emulator.server import create_server
+
+    from brandlens import fileio
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="brandlens-test")
+    server.start()
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    fileio.use_emulator_if_configured()
+    try:
+        yield "gs://brandlens-test"
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = previous

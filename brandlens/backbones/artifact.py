@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brandlens import __version__
+from brandlens import __version__, fileio
 from brandlens.backbones import ALL_BACKBONES, OFFLINE_BACKBONES
 from brandlens.errors import ArtifactError, ConfigError
 from brandlens.preprocess import default_crop_fraction, prepare
@@ -145,10 +145,10 @@ def materialize(name: str, root: str | Path, weights_file: str | None = None, cr
 
 
 def read_fingerprint(artifact_dir: str | Path) -> BackboneFingerprint:
-    path = Path(artifact_dir) / FINGERPRINT_FILE
-    if not path.is_file():
+    path = fileio.join(artifact_dir, FINGERPRINT_FILE)
+    if not (fileio.exists(path) if fileio.is_remote(path) else Path(path).is_file()):
         raise ArtifactError(f"{artifact_dir} is not a backbone artifact (no {FINGERPRINT_FILE}); run 'brandlens backbone'")
-    fingerprint = BackboneFingerprint.from_json(path.read_text())
+    fingerprint = BackboneFingerprint.from_json(fileio.read_text(path) if fileio.is_remote(path) else Path(path).read_text())
     if fingerprint.format_version != FORMAT_VERSION:
         raise ArtifactError(f"{artifact_dir}: artifact format {fingerprint.format_version}, this brandlens reads {FORMAT_VERSION}")
     return fingerprint
@@ -160,8 +160,8 @@ class Backbone:
     def __init__(self, artifact_dir: str | Path):
         import tensorflow as tf
 
-        self.path = Path(artifact_dir)
-        self.fingerprint = read_fingerprint(artifact_dir)
+        self.path = fileio.localize_dir(artifact_dir)
+        self.fingerprint = read_fingerprint(self.path)
         self._loaded = tf.saved_model.load(str(self.path / SAVED_MODEL_DIR))
         self._serve = self._loaded.signatures["serving_default"]
         self._normalized = self._loaded.signatures["normalized"]
@@ -196,8 +196,8 @@ _cache_lock = threading.Lock()
 
 
 def load_backbone(artifact_dir: str | Path) -> Backbone:
-    """Load an artifact once per process (Beam workers share it between bundles)."""
-    key = str(Path(artifact_dir).resolve())
+    """Load an artifact once per process (Beam workers share it between bundles); gs:// works."""
+    key = str(artifact_dir) if fileio.is_remote(artifact_dir) else str(Path(artifact_dir).resolve())
     with _cache_lock:
         if key not in _cache:
             _cache[key] = Backbone(artifact_dir)
