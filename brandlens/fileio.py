@@ -84,10 +84,14 @@ def list_files(prefix: str) -> list[str]:
     return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
 
 
-def upload_dir(local: str | os.PathLike, uri: str) -> str:
-    """Copy a local folder tree to ``uri`` (any FileSystems scheme); return ``uri``."""
+def upload_dir(local: str | os.PathLike, uri: str, last: tuple[str, ...] = ()) -> str:
+    """Copy a local folder tree to ``uri`` (any FileSystems scheme); return ``uri``.
+
+    Files named in ``last`` are written after all others, so a reader that
+    waits for them (e.g. an artifact's fingerprint) never sees a partial copy.
+    """
     local = Path(local)
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+    for path in sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: (p.name in last, str(p))):
         write_bytes(join(uri, *path.relative_to(local).parts), path.read_bytes())
     return uri
 

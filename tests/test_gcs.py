@@ -29,3 +29,13 @@ def test_backbone_artifact_loads_from_gcs(gcs_bucket, lite0_artifact, tmp_path, 
     assert read_fingerprint(uri) == read_fingerprint(lite0_artifact)
     images = np.random.default_rng(1).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
     np.testing.assert_array_equal(Backbone(uri).embed(images), Backbone(lite0_artifact).embed(images))
+
+
+def test_materialize_publishes_to_gcs(gcs_bucket, lite0_artifact, tmp_path, monkeypatch):
+    from brandlens.backbones.artifact import materialize
+
+    monkeypatch.setenv("BRANDLENS_CACHE", str(tmp_path / "cache"))
+    uri = materialize("efficientnet_lite0", f"{gcs_bucket}/published")
+    assert uri == f"{gcs_bucket}/published/{lite0_artifact.name}"
+    assert read_fingerprint(uri).version == read_fingerprint(lite0_artifact).version
+    assert materialize("efficientnet_lite0", f"{gcs_bucket}/published") == uri

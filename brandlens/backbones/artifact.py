@@ -90,8 +90,19 @@ def _build_module(name: str, weights_file: str | None):
     return net, v.input_size, v.preprocessing, v.embedding_dim, weights_file, source
 
 
-def materialize(name: str, root: str | Path, weights_file: str | None = None, crop_fraction: float | None = None) -> Path:
-    """Write the artifact for ``name`` under ``root`` (once) and return its directory."""
+def materialize(name: str, root: str | Path, weights_file: str | None = None, crop_fraction: float | None = None) -> Path | str:
+    """Write the artifact for ``name`` under ``root`` (once) and return its directory.
+
+    A remote ``root`` (gs://...) is where a distributed job's workers read it:
+    the artifact is built in a local temporary folder and published there.
+    """
+    if fileio.is_remote(root):
+        with tempfile.TemporaryDirectory() as local_root:
+            local = materialize(name, local_root, weights_file, crop_fraction)
+            target = fileio.join(root, local.name)
+            if not fileio.exists(fileio.join(target, FINGERPRINT_FILE)):
+                fileio.upload_dir(local, target, last=(FINGERPRINT_FILE,))
+            return target
     import tensorflow as tf
 
     if name not in ALL_BACKBONES:
