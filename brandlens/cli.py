@@ -32,6 +32,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bottlenecks(args: argparse.Namespace) -> int:
+    from beam_jobs.bottlenecks.config import BottleneckConfig
+    from beam_jobs.bottlenecks.job import run
+
+    summary = run(BottleneckConfig.from_args(args))
+    counts = summary["counts"]
+    print(f"{summary['output']}: written {counts['written']}, examples {counts['examples']}, "
+          f"dead-lettered {counts['dead_lettered']}, duplicates {counts['duplicates']}, "
+          f"CNN images {counts['cnn_images']}, cache hits {counts['cache_hits']} in {summary['seconds']['total']} s")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from brandlens.demo import DemoConfig, run_demo
 
@@ -72,12 +84,31 @@ def build_parser() -> argparse.ArgumentParser:
     QueryConfig.add_arguments(p)
     p.set_defaults(handler=_cmd_query)
 
+    from beam_jobs.bottlenecks.config import BottleneckConfig
+
+    p = sub.add_parser("bottlenecks", help="embed a labelled image archive into training examples (Beam job)",
+                       description="Read labelled images (a folder per label, a manifest, or WebDataset tar shards), "
+                                   "embed them with the backbone (cached by content hash), and write GZIP TFRecords per "
+                                   "split, a tensorflow-transform analysed on train, dead letters and summary.json.",
+                       epilog="examples:\n"
+                              "  brandlens bottlenecks --input ../shared/data/manifests/shoes-binary.csv "
+                              "--base-uri ../shared/data --output runs/shoes\n"
+                              "  brandlens bottlenecks --input photos/ --output runs/photos --augment 2 --splits 0.7,0.15,0.15\n"
+                              "  brandlens bottlenecks --input 'gs://bucket/shards/train-*.tar' --labels nike,adidas "
+                              "--output gs://bucket/runs/x --runner DataflowRunner --temp-location gs://bucket/tmp "
+                              "--beam-arg=--project=my-project --beam-arg=--region=europe-west1 "
+                              "--beam-arg=--setup_file=./setup.py",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    BottleneckConfig.add_arguments(p)
+    p.set_defaults(handler=_cmd_bottlenecks)
+
     from brandlens.demo import DemoConfig
 
     p = sub.add_parser("demo", help="run the whole product on the generated sample",
                        description="Generate the sample archive and run every stage on it with the DirectRunner.")
     DemoConfig.add_arguments(p)
     p.set_defaults(handler=_cmd_demo)
+
     return parser
 
 

@@ -1,0 +1,110 @@
+"""Deterministic training variants of an image: augmentations and logo crops (pure numpy).
+
+Every variant is a function of the pixels and its name alone (the random
+generator is seeded from the content hash and the variant index), so a rerun
+makes the same pixels and the embedding cache can key on the variant name.
+The version in the names changes whenever what they produce changes, which
+retires old cache entries instead of serving stale ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from beam_jobs.bottlenecks.labels import Box
+
+AUGMENT_VERSION = "v1"
+LOGO_VERSION = "v1"
+DEFAULT_LOGO_MARGIN = 0.25
+
+# Mild on purpose: the classifier learns brands, and strong colour changes alter brand colours.
+MIN_CROP_SIDE = 0.75       # each side keeps >= 75 % of the image
+MAX_COLOUR_CHANGE = 0.10   # brightness, contrast, saturation within +-10 %
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+ORIGINAL = "original"
+AUGMENTED = "augmented"
+LOGO = "logo"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One example to make from an image; ``name`` is its cache key (with the content hash)."""
+
+    name: str
+    kind: str = ORIGINAL
+    index: int = 0
+    box: Box | None = None
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def augment_variant_name(index: int) -> str:
+    return f"aug-{AUGMENT_VERSION}-{index}"
+
+
+def logo_variant_name(box: Box, margin: float = DEFAULT_LOGO_MARGIN) -> str:
+    return f"logo-{LOGO_VERSION}-m{_number(margin)}-" + "_".join(_number(v) for v in box)
+
+
+def variants(original_name: str, augment_count: int = 0, boxes=(), margin: float = DEFAULT_LOGO_MARGIN) -> list[Variant]:
+    """The original, ``augment_count`` augmentations and one logo crop per box, in that order."""
+    return ([Variant(original_name)]
+            + [Variant(augment_variant_name(i), AUGMENTED, index=i) for i in range(1, augment_count + 1)]
+            + [Variant(logo_variant_name(box, margin), LOGO, box=tuple(box)) for box in boxes])
+
+
+def _rng(content_hash: str, index: int) -> np.random.Generator:
+    seed = hashlib.sha256(f"{content_hash}:{AUGMENT_VERSION}:{index}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(seed[:8], "big"))
+
+
+def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random crop, a horizontal flip half the time, small colour changes; uint8 out."""
+    height, width = rgb.shape[:2]
+    crop_h = max(1, int(round(height * rng.uniform(MIN_CROP_SIDE, 1.0))))
+    crop_w = max(1, int(round(width * rng.uniform(MIN_CROP_SIDE, 1.0))))
+    top = int(rng.integers(0, height - crop_h + 1))
+    left = int(rng.integers(0, width - crop_w + 1))
+    out = rgb[top:top + crop_h, left:left + crop_w].astype(np.float32)
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    brightness, contrast, saturation = 1.0 + rng.uniform(-MAX_COLOUR_CHANGE, MAX_COLOUR_CHANGE, 3)
+    out = out * brightness
+    out = (out - out.mean()) * contrast + out.mean()
+    gray = (out @ _LUMA)[:, :, None]
+    out = gray + (out - gray) * saturation
+    return np.ascontiguousarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+
+def render(rgb: np.ndarray, content_hash: str, variant: Variant, margin: float = DEFAULT_LOGO_MARGIN) -> np.ndarray:
+    """The pixels of ``variant``: the same on every run. Logo boxes outside the image raise ValueError."""
+    if variant.kind == AUGMENTED:
+        return augment(rgb, _rng(content_hash, variant.index))
+    if variant.kind == LOGO:
+        return crop_logo(rgb, variant.box, margin)
+    return rgb
+
+
+def crop_logo(rgb: np.ndarray, box: Box, margin: float = DEFAULT_LOGO_MARGIN) -> np.ndarray:
+    """The box grown by ``margin`` x its size on every side, clipped to the image.
+
+    Raises ValueError when the box lies outside the image (e.g. boxes drawn on
+    a differently sized copy).
+    """
+    height, width = rgb.shape[:2]
+    x1, y1, x2, y2 = box
+    if x1 >= width or y1 >= height:
+        raise ValueError(f"box {box} lies outside the {width}x{height} image")
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    left, top = max(0, int(np.floor(x1 - dx))), max(0, int(np.floor(y1 - dy)))
+    right, bottom = min(width, int(np.ceil(x2 + dx))), min(height, int(np.ceil(y2 + dy)))
+    if right <= left or bottom <= top:
+        raise ValueError(f"box {box} lies outside the {width}x{height} image")
+    return np.ascontiguousarray(rgb[top:bottom, left:right])

@@ -1,0 +1,179 @@
+"""Entry point of the bottleneck job: materialise the backbone, run both pipelines, summarise.
+
+Two pipelines run one after the other: the embedding pipeline writes examples,
+dead letters and cache entries; only when its counters show training examples
+does the tensorflow-transform pipeline run (an empty train split would
+otherwise fail deep inside TFT). The summary reconciles
+``read = written + dead_lettered + duplicates``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import secrets
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from beam_jobs.bottlenecks.config import NAMESPACE, BottleneckConfig
+from beam_jobs.bottlenecks.pipeline import CACHE_HITS, CNN_IMAGES, EXAMPLES, build_pipeline
+from beam_jobs.bottlenecks.transform_pipeline import build_transform_pipeline
+from beam_jobs.common.accounting import DEAD_LETTERED, READ, WRITTEN, nest_counts, query_counters, reconcile, total, write_json
+from brandlens import __version__
+from brandlens.backbones.artifact import read_fingerprint
+from brandlens.errors import BrandlensError, ConfigError
+from schemas import layout
+from schemas.bottleneck import LABEL_VOCABULARY, SPLITS
+
+log = logging.getLogger(__name__)
+
+JOB = "bottlenecks"
+_OUTPUT_ENTRIES = (layout.EXAMPLES, layout.TRANSFORMED, layout.TRANSFORM, layout.DEAD_LETTERS, layout.SUMMARY, layout.BACKBONE)
+_FOLDERS = (layout.EXAMPLES, layout.TRANSFORMED, layout.TRANSFORM, layout.DEAD_LETTERS)
+
+
+class EmptyTrainingSplit(BrandlensError):
+    """No image made it into the training split, so there is nothing to analyse or train on."""
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"bl-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+def _existing_outputs(output: str) -> list[str]:
+    found = []
+    for name in _OUTPUT_ENTRIES:
+        path = f"{output}/{name}"
+        files = FileSystems.match([f"{path}/**"])[0].metadata_list if name in _FOLDERS else []
+        if files or FileSystems.exists(path):
+            found.append(path)
+    return found
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuse to mix two runs' shards in one folder; with ``overwrite``, delete the old run's outputs."""
+    existing = _existing_outputs(output)
+    if existing and not overwrite:
+        raise ConfigError(f"{output} already holds the outputs of a run ({', '.join(existing)}); "
+                          "pass --overwrite to replace them or choose another --output")
+    for path in existing:
+        files = [m.path for m in FileSystems.match([f"{path}/**"])[0].metadata_list] if path.rsplit("/", 1)[-1] in _FOLDERS else []
+        if files:
+            FileSystems.delete(files)
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+
+
+def _delete_quietly(path: str) -> None:
+    try:
+        files = [m.path for m in FileSystems.match([f"{path}/**"])[0].metadata_list]
+        if files:
+            FileSystems.delete(files)
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+    except Exception as exc:  # leftovers in a temp folder are not worth failing a finished run
+        log.warning("could not delete %s: %s", path, exc)
+
+
+def _run_embedding(config: BottleneckConfig, artifact_dir: str, fingerprint, run_id: str) -> dict[str, int]:
+    pipeline = beam.Pipeline(options=config.runner.pipeline_options())
+    build_pipeline(pipeline, config, artifact_dir, fingerprint, run_id)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return query_counters(result, NAMESPACE)
+
+
+def _run_transform(config: BottleneckConfig, embedding_dim: int, run_id: str) -> None:
+    temp_dir = f"{config.output}/.tft-tmp-{run_id}"
+    try:
+        pipeline = beam.Pipeline(options=config.runner.pipeline_options())
+        build_transform_pipeline(pipeline, config.output, embedding_dim, temp_dir, config.num_shards)
+        pipeline.run().wait_until_finish()
+    finally:
+        _delete_quietly(temp_dir)
+
+
+def _vocabulary(output: str) -> list[str]:
+    import tensorflow_transform as tft
+
+    return [v.decode() if isinstance(v, bytes) else v
+            for v in tft.TFTransformOutput(f"{output}/{layout.TRANSFORM}").vocabulary_by_name(LABEL_VOCABULARY)]
+
+
+def summarise(counters: dict[str, int]) -> tuple[dict, dict, dict]:
+    """(counts, labels per split, reconciliation) from the job's counters."""
+    counts = nest_counts(counters)
+    labels = counts.pop("labels", {})
+    for group in (WRITTEN, EXAMPLES):
+        counts[group] = {split: counts.get(group, {}).get(split, 0) for split in SPLITS}
+    counts.setdefault(DEAD_LETTERED, {})
+    for name in (READ, "duplicates", "duplicates_cross_split", "duplicates_label_conflict", CNN_IMAGES, "cnn_embeddings", CACHE_HITS):
+        counts.setdefault(name, 0)
+    return counts, labels, reconcile(counts)
+
+
+def run(config: BottleneckConfig) -> dict:
+    """Run the whole job; returns the summary (also written to ``<output>/summary.json``)."""
+    started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc)
+    files = config.input_spec.check()
+    prepare_output(config.output, config.overwrite)
+    artifact_dir = str(config.backbone.materialize())
+    fingerprint = read_fingerprint(artifact_dir)
+    run_id = new_run_id(started_at)
+    with FileSystems.create(f"{config.output}/{layout.BACKBONE}") as f:
+        f.write(fingerprint.to_json().encode())
+    log.info("bottlenecks %s: %s (%s, %d files matched) -> %s with %s; cache %s", run_id, config.input,
+             config.input_spec.resolved_format, files, config.output, fingerprint.version,
+             config.cache if config.use_cache else "off")
+
+    counters = _run_embedding(config, artifact_dir, fingerprint, run_id)
+    embedded = time.monotonic()
+    counts, labels, reconciliation = summarise(counters)
+    summary = {
+        "job": JOB,
+        "status": "running",
+        "run_id": run_id,
+        "brandlens_version": __version__,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "config": config.describe(),
+        "output": config.output,
+        "backbone": {**dataclasses.asdict(fingerprint), "version": fingerprint.version, "artifact": artifact_dir},
+        "counts": counts,
+        "labels": labels,
+        "reconciliation": reconciliation,
+        "seconds": {"embedding_pipeline": round(embedded - started, 1)},
+    }
+    if not reconciliation["ok"]:
+        log.error("counts do not reconcile: %s", reconciliation)
+    try:
+        if counts[WRITTEN]["train"] == 0:
+            raise EmptyTrainingSplit(
+                f"no training examples: {counts[READ]} records read, {total(counts[DEAD_LETTERED])} dead-lettered "
+                f"({', '.join(f'{k}: {v}' for k, v in counts[DEAD_LETTERED].items()) or 'none'}), "
+                f"{total(counts[WRITTEN])} written to other splits; see {config.output}/{layout.DEAD_LETTERS}/")
+        _run_transform(config, fingerprint.embedding_dim, run_id)
+        summary["vocabulary"] = _vocabulary(config.output)
+        summary["status"] = "ok"
+    except BaseException as exc:
+        summary["status"] = f"failed: {exc}"
+        raise
+    finally:
+        finished = time.monotonic()
+        summary["seconds"]["transform_pipeline"] = round(finished - embedded, 1)
+        summary["seconds"]["total"] = round(finished - started, 1)
+        summary["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        embedding_seconds = max(summary["seconds"]["embedding_pipeline"], 1e-9)
+        summary["throughput"] = {  # of the embedding pipeline, start-up included
+            "records_per_second": round(counts[READ] / embedding_seconds, 2),
+            "cnn_embeddings_per_second": round(counts["cnn_embeddings"] / embedding_seconds, 2),
+        }
+        write_json(f"{config.output}/{layout.SUMMARY}", summary)
+    log.info("bottlenecks %s done in %.0f s: read %d, written %s, dead-lettered %s, duplicates %d, CNN images %d, "
+             "cache hits %d; counts %s", run_id, summary["seconds"]["total"], counts[READ], counts[WRITTEN],
+             counts[DEAD_LETTERED], counts["duplicates"], counts[CNN_IMAGES], counts[CACHE_HITS],
+             "reconcile" if reconciliation["ok"] else "DO NOT RECONCILE")
+    return summary

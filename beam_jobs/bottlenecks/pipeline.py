@@ -1,0 +1,270 @@
+"""The bottleneck pipeline: labelled images -> embedded tf.train.Examples per split.
+
+Read -> CheckLabels -> Redistribute -> Fetch -> HashAndLabel -> JoinCache
+(CoGroupByKey by content hash: duplicates meet, and so do their cached
+embeddings) -> Plan (dedup, decode, variants; cached variants are ready, the
+rest go to the CNN) -> Embed -> WriteExamples / WriteCache / WriteDeadLetters.
+
+tensorflow-transform runs afterwards as its own pipeline (transform_pipeline.py),
+once the driver knows the training split is not empty.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import apache_beam as beam
+
+from beam_jobs.bottlenecks import augment as aug
+from beam_jobs.bottlenecks.config import NAMESPACE, BottleneckConfig
+from beam_jobs.bottlenecks.dedup import Candidate, choose
+from beam_jobs.bottlenecks.labels import Rejected, annotate
+from beam_jobs.bottlenecks.splits import assign_split
+from beam_jobs.common.accounting import READ, WRITTEN, CountAs, Counters, WriteDeadLetters, counter_name
+from beam_jobs.common.cache import ReadEmbeddingCache, WriteEmbeddingCache, cache_folder
+from beam_jobs.common.embedding import FAILED_TAG, EmbedImages
+from beam_jobs.common.images import FetchImageBytes, decode
+from beam_jobs.common.progress import LogProgress
+from beam_jobs.common.records import DEAD_LETTER_TAG, EMBED_FAILED, STAGE_EMBED, STAGE_LABEL, ImageRecord
+from beam_jobs.common.sources import FORMAT_WEBDATASET, ReadImages
+from brandlens.backbones.artifact import BackboneFingerprint
+from brandlens.imaging import content_hash
+from schemas import layout
+from schemas.bottleneck import ORIGINAL_VARIANT, SPLITS, BottleneckRecord, to_example_bytes
+from schemas.dead_letter import DeadLetter
+
+log = logging.getLogger(__name__)
+
+REQUESTS_TAG = "requests"
+EXAMPLES = "examples"
+CACHE_HITS = "cache_hits"
+CNN_IMAGES = "cnn_images"
+
+
+@dataclass(frozen=True)
+class ExampleKey:
+    """Everything an example holds but its embedding: what travels with the pixels to the CNN."""
+
+    content_hash: str
+    uri: str
+    record_id: str
+    label: str
+    split: str
+    variant: str
+
+    def record(self, embedding, backbone: str) -> BottleneckRecord:
+        return BottleneckRecord(self.content_hash, self.uri, self.label, self.split, self.variant, embedding, backbone)
+
+
+class BottleneckOutputs(NamedTuple):
+    examples: beam.PCollection        # BottleneckRecord, every split and variant
+    dead_letters: beam.PCollection    # DeadLetter
+    new_cache_entries: beam.PCollection  # (content_hash, variant, embedding)
+
+
+def _annotate(record: ImageRecord, labels, fractions, content_hash_: str | None = None):
+    """(Candidate or None, DeadLetter or None) for a record; the split needs the content hash."""
+    try:
+        annotation = annotate(record.metadata, labels)
+    except Rejected as exc:
+        return None, record.dead_letter(STAGE_LABEL, exc.reason, exc.message)
+    if content_hash_ is None:
+        return None, None
+    split = annotation.split or assign_split(content_hash_, fractions)
+    return Candidate(record.uri, record.record_id, annotation.label, split, annotation.box), None
+
+
+class _CheckLabelsDoFn(beam.DoFn):
+    """Dead-letter rows with missing or unknown labels before any bytes are read for them."""
+
+    def __init__(self, labels):
+        self._labels = labels
+
+    def process(self, record: ImageRecord):
+        _, dead = _annotate(record, self._labels, None)
+        yield record if dead is None else beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
+
+
+class _HashAndLabelDoFn(beam.DoFn):
+    def __init__(self, labels, fractions):
+        self._labels, self._fractions = labels, fractions
+
+    def process(self, record: ImageRecord):
+        digest = content_hash(record.data)
+        candidate, dead = _annotate(record, self._labels, self._fractions, digest)
+        if dead is not None:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
+        else:
+            yield digest, (candidate, record.data)
+
+
+class _PlanDoFn(beam.DoFn):
+    """Per distinct image: keep one record, reuse cached variants, send the rest to the CNN."""
+
+    def __init__(self, config: BottleneckConfig, backbone: str):
+        self._augment = config.augment
+        self._logo_crops = config.logo_crops
+        self._logo_margin = config.logo_margin
+        self._max_pixels = config.max_pixels
+        self._backbone = backbone
+        self._counters = Counters(NAMESPACE)
+
+    def _wanted(self, split: str, boxes) -> list[aug.Variant]:
+        if split != "train":
+            return aug.variants(ORIGINAL_VARIANT)
+        return aug.variants(ORIGINAL_VARIANT, self._augment, boxes if self._logo_crops else (), self._logo_margin)
+
+    def process(self, element):
+        digest, group = element
+        members = list(group["candidates"])
+        if members:  # else: cache entries of images not in this run
+            yield from self._plan(digest, members, group["cache"])
+
+    def _plan(self, digest: str, members: list, cache_entries):
+        decision = choose([candidate for candidate, _ in members])
+        kept = decision.kept
+        data = next(d for c, d in members if c == kept)
+        cached: dict = {}
+        for variant, embedding in cache_entries:
+            cached.setdefault(variant, embedding)
+        wanted = self._wanted(kept.split, decision.boxes)
+        missing = [v for v in wanted if v.name not in cached]
+
+        requests = []
+        if missing:
+            rgb = decode(ImageRecord(kept.uri, kept.record_id, data=data), self._max_pixels)
+            if isinstance(rgb, DeadLetter):  # identical bytes: every copy fails alike
+                for candidate, _ in members:
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+                        uri=candidate.uri, stage=rgb.stage, reason=rgb.reason, message=rgb.message, record_id=candidate.record_id))
+                return
+            requests = list(self._variant_pixels(rgb, digest, missing))
+
+        key = lambda variant: ExampleKey(digest, kept.uri, kept.record_id, kept.label, kept.split, variant)  # noqa: E731
+        for variant in wanted:
+            if variant.name in cached:
+                self._counters.inc(CACHE_HITS)
+                yield key(variant.name).record(cached[variant.name], self._backbone)
+        for variant, pixels in requests:
+            yield beam.pvalue.TaggedOutput(REQUESTS_TAG, (key(variant.name), pixels))
+        if requests:
+            self._counters.inc(CNN_IMAGES)
+        self._count_duplicates(decision)
+
+    def _variant_pixels(self, rgb, digest: str, variants):
+        for variant in variants:
+            try:
+                yield variant, aug.render(rgb, digest, variant, self._logo_margin)
+            except ValueError as exc:  # a logo box beyond the image: the image itself is fine
+                self._counters.inc("logo_boxes_outside_image")
+                log.warning("no logo crop %s for %s: %s", variant.name, digest[:12], exc)
+
+    def _count_duplicates(self, decision) -> None:
+        if decision.dropped:
+            self._counters.inc("duplicates", len(decision.dropped))
+            self._counters.inc("duplicates_cross_split", decision.cross_split)
+            self._counters.inc("duplicates_label_conflict", decision.label_conflicts)
+            kept = decision.kept
+            if decision.cross_split:
+                log.info("duplicate of %s kept in %s only, not in %s", kept.uri, kept.split,
+                         ", ".join(sorted({c.split for c in decision.dropped if c.split != kept.split})))
+            if decision.label_conflicts:
+                log.warning("identical images labelled differently: kept %s as %r, dropped %s", kept.uri, kept.label,
+                            ", ".join(f"{c.uri} ({c.label!r})" for c in decision.dropped if c.label != kept.label))
+
+
+def _embedding_failure(failure, counters: Counters):
+    key, message = failure
+    if key.variant == ORIGINAL_VARIANT:
+        yield DeadLetter(uri=key.uri, stage=STAGE_EMBED, reason=EMBED_FAILED, message=message, record_id=key.record_id)
+    else:
+        counters.inc("variant_failures")
+        log.warning("variant %s of %s not embedded: %s", key.variant, key.uri, message)
+
+
+class WriteExamples(beam.PTransform):
+    """BottleneckRecords -> ``examples/<split>-SSSSS-of-NNNNN.tfrecord.gz`` (GZIP tf.train.Example).
+
+    Counts ``examples/<split>`` (all variants) and, for originals, ``written/<split>``
+    and ``labels/<split>/<label>``.
+    """
+
+    def __init__(self, output: str, num_shards: int = 0):
+        super().__init__()
+        self._output, self._num_shards = output, num_shards
+
+    def expand(self, records):
+        counters = Counters(NAMESPACE)
+
+        def count(record: BottleneckRecord):
+            counters.inc(counter_name(EXAMPLES, record.split))
+            if record.variant == ORIGINAL_VARIANT:
+                counters.inc(counter_name(WRITTEN, record.split))
+                counters.inc(f"labels/{record.split}/{record.label}")
+            return record
+
+        by_split = records | "Count" >> beam.Map(count) | "BySplit" >> beam.Partition(
+            lambda record, _: SPLITS.index(record.split), len(SPLITS))
+        for split, part in zip(SPLITS, by_split):
+            (part
+             | f"Serialize{split.title()}" >> beam.Map(to_example_bytes)
+             | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
+                 f"{self._output}/{layout.EXAMPLES}/{split}", file_name_suffix=layout.TFRECORD_SUFFIX,
+                 num_shards=self._num_shards, compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+        return records
+
+
+def build_pipeline(pipeline, config: BottleneckConfig, artifact_dir: str, fingerprint: BackboneFingerprint,
+                   run_id: str) -> BottleneckOutputs:
+    """Add the bottleneck steps to ``pipeline``; writes examples, new cache entries and dead letters."""
+    backbone = fingerprint.version
+    counters = Counters(NAMESPACE)
+    labels, fractions = config.labels, config.split_fractions
+    spec = config.input_spec
+
+    read = pipeline | "Read" >> ReadImages(spec, config.max_bytes)
+    records = read["records"] | "CountRead" >> CountAs(NAMESPACE, READ)
+    read_dead = read[DEAD_LETTER_TAG] | "CountReadDeadLetters" >> CountAs(NAMESPACE, READ)
+
+    checked = records | "CheckLabels" >> beam.ParDo(_CheckLabelsDoFn(labels)).with_outputs(DEAD_LETTER_TAG, main="records")
+    to_fetch = checked["records"]
+    if spec.resolved_format != FORMAT_WEBDATASET:  # shards were spread already, and their records carry bytes
+        to_fetch = to_fetch | "Redistribute" >> beam.Reshuffle()
+    fetched = to_fetch | "Fetch" >> FetchImageBytes(config.max_bytes)
+    hashed = (fetched["records"]
+              | "LogFetched" >> LogProgress("images read", config.progress_interval)
+              | "HashAndLabel" >> beam.ParDo(_HashAndLabelDoFn(labels, fractions)).with_outputs(DEAD_LETTER_TAG, main="candidates"))
+
+    if config.use_cache:
+        folder = cache_folder(config.cache, fingerprint.directory_name)
+        cached = pipeline | "ReadCache" >> ReadEmbeddingCache(folder, backbone, NAMESPACE)
+    else:
+        cached = pipeline | "NoCache" >> beam.Create([])
+    planned = (
+        {"candidates": hashed["candidates"], "cache": cached}
+        | "JoinCache" >> beam.CoGroupByKey()
+        | "Plan" >> beam.ParDo(_PlanDoFn(config, backbone)).with_outputs(REQUESTS_TAG, DEAD_LETTER_TAG, main="ready")
+    )
+    embedded = planned[REQUESTS_TAG] | "Embed" >> EmbedImages(
+        artifact_dir, config.batch_size, NAMESPACE, config.progress_interval)
+    new_examples = embedded["embeddings"] | "ToRecords" >> beam.MapTuple(lambda key, emb: key.record(emb, backbone))
+    embed_dead = embedded[FAILED_TAG] | "EmbedFailures" >> beam.FlatMap(_embedding_failure, counters)
+
+    examples = (planned["ready"], new_examples) | "AllExamples" >> beam.Flatten()
+    examples | "WriteExamples" >> WriteExamples(config.output, config.num_shards)
+
+    new_entries = embedded["embeddings"] | "CacheEntries" >> beam.MapTuple(lambda key, emb: (key.content_hash, key.variant, emb))
+    if config.use_cache:
+        new_entries | "WriteCache" >> WriteEmbeddingCache(
+            cache_folder(config.cache, fingerprint.directory_name), run_id, backbone, config.num_shards)
+
+    dead_letters = (
+        (read_dead, checked[DEAD_LETTER_TAG], fetched[DEAD_LETTER_TAG], hashed[DEAD_LETTER_TAG],
+         planned[DEAD_LETTER_TAG], embed_dead)
+        | "AllDeadLetters" >> beam.Flatten()
+    )
+    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
+        f"{config.output}/{layout.DEAD_LETTERS}/{layout.DEAD_LETTERS}", NAMESPACE)
+    return BottleneckOutputs(examples, dead_letters, new_entries)

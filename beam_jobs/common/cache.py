@@ -1,0 +1,99 @@
+"""Embedding cache: the CNN's output keyed by (content hash, backbone version, variant).
+
+Layout: ``<cache>/<backbone directory name>/<run id>-SSSSS-of-NNNNN.tfrecord.gz``,
+GZIP TFRecords of ``tf.train.Example`` (content_hash, variant, backbone,
+embedding). Each run appends its new entries as new files through Beam's
+file sink (written to a temp folder, renamed when complete) and never rewrites
+old ones, so concurrent or crashed runs cannot damage the cache. Readers join
+it by content hash (a CoGroupByKey scales where a side-input dict would not).
+Stale entries are harmless: another backbone has another folder, another
+variant another key. Entries whose backbone field disagrees with their folder
+are ignored and counted.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import ReadAllFromTFRecord, _TFRecordSink
+
+from beam_jobs.common.accounting import Counters
+
+SUFFIX = ".tfrecord.gz"
+_HASH, _VARIANT, _BACKBONE, _EMBEDDING = "content_hash", "variant", "backbone", "embedding"
+
+
+def cache_folder(cache_root: str, backbone_directory_name: str) -> str:
+    """The folder of one backbone's entries under the cache root."""
+    return FileSystems.join(cache_root, backbone_directory_name)
+
+
+def encode_entry(content_hash: str, variant: str, backbone: str, embedding: np.ndarray) -> bytes:
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example()
+    features = example.features.feature
+    features[_HASH].bytes_list.value.append(content_hash.encode())
+    features[_VARIANT].bytes_list.value.append(variant.encode())
+    features[_BACKBONE].bytes_list.value.append(backbone.encode())
+    features[_EMBEDDING].float_list.value.extend(np.asarray(embedding, np.float32).ravel().tolist())
+    return example.SerializeToString()
+
+
+def decode_entry(data: bytes) -> tuple[str, str, str, np.ndarray]:
+    """(content_hash, variant, backbone, embedding) of one cache record."""
+    from tensorflow.core.example import example_pb2
+
+    features = example_pb2.Example.FromString(data).features.feature
+    text = lambda name: features[name].bytes_list.value[0].decode()  # noqa: E731
+    return text(_HASH), text(_VARIANT), text(_BACKBONE), np.asarray(features[_EMBEDDING].float_list.value, np.float32)
+
+
+class ReadEmbeddingCache(beam.PTransform):
+    """All entries of one backbone -> ``(content_hash, (variant, embedding))``; an empty cache is fine."""
+
+    def __init__(self, folder: str, backbone_version: str, namespace: str):
+        super().__init__()
+        self._folder, self._backbone, self._counters = folder, backbone_version, Counters(namespace)
+
+    def expand(self, pbegin):
+        backbone, counters = self._backbone, self._counters
+
+        def entries(data: bytes):
+            content_hash, variant, entry_backbone, embedding = decode_entry(data)
+            if entry_backbone != backbone:
+                counters.inc("cache_foreign_entries")
+                return
+            yield content_hash, (variant, embedding)
+
+        return (
+            pbegin
+            | "Pattern" >> beam.Create([FileSystems.join(self._folder, "*" + SUFFIX)])
+            | "Match" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "Read" >> ReadAllFromTFRecord(compression_type=CompressionTypes.GZIP)
+            | "Decode" >> beam.FlatMap(entries)
+        )
+
+
+class WriteEmbeddingCache(beam.PTransform):
+    """``(content_hash, variant, embedding)`` -> new cache files named after ``run_id``; none when empty."""
+
+    def __init__(self, folder: str, run_id: str, backbone_version: str, num_shards: int = 0):
+        super().__init__()
+        self._folder, self._run_id, self._backbone, self._num_shards = folder, run_id, backbone_version, num_shards
+
+    def expand(self, entries):
+        backbone = self._backbone
+        # WriteToTFRecord has no skip_if_empty; its sink has the FileBasedSink flag.
+        sink = _TFRecordSink(FileSystems.join(self._folder, self._run_id), beam.coders.BytesCoder(), SUFFIX,
+                             self._num_shards, None, CompressionTypes.GZIP)
+        sink.skip_if_empty = True
+        return (
+            entries
+            | "Encode" >> beam.MapTuple(lambda h, variant, emb: encode_entry(h, variant, backbone, emb))
+            | "Write" >> beam.io.Write(sink)
+        )
