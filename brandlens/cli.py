@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     DemoConfig.add_arguments(p)
     p.set_defaults(handler=_cmd_demo)
 
+    from trainer.cli import register as register_trainer
+
+    register_trainer(sub)
+
     return parser
 
 

@@ -1,0 +1,369 @@
+"""The trainer: metrics by hand, repeatable training, early stopping, and the export contract end to end."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brandlens.errors import ArtifactError, BrandlensError, ConfigError
+from schemas import layout
+from schemas import model as contract
+from tests.conftest import REPO
+from trainer import evaluate as ev
+from trainer.config import HParams, SearchConfig, TrainConfig, parse_class_weights
+from trainer.data import DataError, SplitData, load_bottlenecks, locate_artifact
+from trainer.train import class_weight_vector, fit, read_predictions, train_and_evaluate
+
+PARITY = 1e-5
+
+
+# --- metrics and threshold, by hand -------------------------------------------------------------
+
+def test_confusion_matrix_and_per_class_figures_by_hand():
+    y = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 1, 0, 1, 2, 2])
+    matrix = ev.confusion_matrix(y, predicted, 3)
+    assert matrix.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    figures = ev.per_class(matrix, ["a", "b", "c"])
+    assert figures["a"] == {"precision": 1.0, "recall": 2 / 3, "f1": pytest.approx(0.8), "support": 3, "predicted": 2}
+    assert figures["b"]["precision"] == 0.5 and figures["b"]["recall"] == 0.5 and figures["b"]["f1"] == 0.5
+    assert figures["c"]["precision"] == 0.5 and figures["c"]["recall"] == 1.0 and figures["c"]["f1"] == pytest.approx(2 / 3)
+    empty = ev.per_class(np.zeros((2, 2), np.int64), ["a", "b"])
+    assert empty["a"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0, "predicted": 0}
+
+
+def test_accuracy_and_cross_entropy_by_hand():
+    scores = np.array([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])
+    y = np.array([0, 1, 1])
+    assert ev.cross_entropy(scores, y) == pytest.approx(-(np.log(0.5) + np.log(0.1) + np.log(0.8)) / 3)
+    assert ev.accuracy(scores.argmax(1), y) == pytest.approx(2 / 3)
+    result = ev.evaluate(scores, y, ["a", "b"])
+    assert result["count"] == 3 and result["confusion_matrix"] == [[1, 0], [1, 1]]
+    assert "brand_precision" not in result
+
+
+def test_threshold_falls_back_to_neither_and_reaches_target_precision():
+    # labels: brand a (0), brand b (1), neither (2)
+    scores = np.array([[0.95, 0.03, 0.02],   # a, right
+                       [0.60, 0.30, 0.10],   # true neither, claimed a with 0.60: the false brand
+                       [0.10, 0.85, 0.05],   # b, right
+                       [0.20, 0.70, 0.10],   # b, right
+                       [0.10, 0.10, 0.80]])  # neither, right
+    y = np.array([0, 2, 1, 1, 2])
+    assert ev.apply_threshold(scores, 2, 0.65).tolist() == [0, 2, 1, 1, 2]
+    assert ev.apply_threshold(scores, 2, None).tolist() == [0, 0, 1, 1, 2]
+    assert ev.apply_threshold(scores, 2, 0.70).tolist() == [0, 2, 1, 1, 2]  # a score equal to the threshold is kept
+    chosen = ev.choose_threshold(scores, y, 2, 0.99)
+    assert chosen["reached"] and chosen["threshold"] == pytest.approx(0.70) and chosen["precision"] == 1.0
+    assert chosen["brand_predictions"] == 3 and chosen["brand_recall"] == 1.0
+    assert ev.choose_threshold(scores, y, 2, 0.5)["threshold"] == 0.0  # already precise enough: no threshold needed
+    always_wrong = ev.choose_threshold(scores, np.array([1, 2, 0, 0, 2]), 2, 0.9)
+    assert not always_wrong["reached"]
+    metrics = ev.evaluate(scores, y, ["a", "b", "neither"], 2, chosen["threshold"])
+    assert metrics["accuracy"] == 1.0 and metrics["argmax_accuracy"] == 0.8 and metrics["brand_precision"] == 1.0
+
+
+def test_class_weights():
+    y = np.array([0, 0, 0, 1])
+    assert class_weight_vector("none", ["a", "b"], y).tolist() == [1.0, 1.0]
+    assert class_weight_vector("balanced", ["a", "b"], y).tolist() == pytest.approx([4 / 6, 2.0])
+    assert class_weight_vector("b=3", ["a", "b"], y).tolist() == [1.0, 3.0]
+    assert parse_class_weights("a=2, b=0.5") == {"a": 2.0, "b": 0.5}
+    for bad in ("a", "a=0", "a=x", "=2"):
+        with pytest.raises(ConfigError):
+            parse_class_weights(bad)
+    with pytest.raises(ConfigError, match="unknown label"):
+        class_weight_vector("zz=2", ["a", "b"], y)
+    with pytest.raises(ConfigError):
+        HParams(optimizer="rmsprop")
+
+
+# --- training --------------------------------------------------------------------------------
+
+def _blobs(n: int, seed: int, noise: float = 1.0, flip: float = 0.0) -> SplitData:
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(99).normal(0, 1, (3, 16))
+    y = rng.integers(0, 3, n)
+    x = (centers[y] + rng.normal(0, noise, (n, 16))).astype(np.float32)
+    if flip:
+        y = np.where(rng.random(n) < flip, rng.integers(0, 3, n), y)
+    strings = np.array(["x"] * n, dtype=object)
+    return SplitData(x, x, y.astype(np.int64), strings, strings, strings)
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.1), ("adagrad", 0.1), ("adam", 0.01)])
+def test_every_optimizer_learns(optimizer, lr):
+    train, validation = _blobs(300, 1), _blobs(100, 2)
+    result = fit(train, validation, ["a", "b", "c"], HParams(optimizer=optimizer, learning_rate=lr, steps=300, l2=0.001))
+    assert result.history[-1]["validation_accuracy"] > 0.9
+    assert result.history[0]["validation_cross_entropy"] == pytest.approx(np.log(3), rel=1e-5)  # zero start
+
+
+def test_same_seed_same_model_other_seed_other_model():
+    train, validation = _blobs(200, 1), _blobs(60, 2)
+    hp = HParams(steps=120, dropout=0.3, batch_size=16, seed=7)
+    a, b = fit(train, validation, ["a", "b", "c"], hp), fit(train, validation, ["a", "b", "c"], hp)
+    assert np.array_equal(a.weights.kernel, b.weights.kernel) and a.history == b.history
+    c = fit(train, validation, ["a", "b", "c"], hp.replace(seed=8))
+    assert not np.array_equal(a.weights.kernel, c.weights.kernel)
+
+
+def test_early_stopping_stops_and_keeps_the_best_check():
+    # Few noisy training points, no L2, a big step: validation cross-entropy soon rises.
+    train, validation = _blobs(24, 1, noise=3.0, flip=0.3), _blobs(200, 2, noise=3.0)
+    hp = HParams(optimizer="sgd", learning_rate=0.5, l2=0.0, steps=5000, eval_every=5, patience=3, batch_size=8)
+    result = fit(train, validation, ["a", "b", "c"], hp)
+    assert result.stopped_early and result.steps_run < 5000
+    ces = {row["step"]: row["validation_cross_entropy"] for row in result.history}
+    assert result.best_step == min(ces, key=ces.get)
+    assert len([s for s in ces if s > result.best_step]) == hp.patience
+
+
+# --- end to end on a generated bottleneck folder ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def job_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("job")
+
+
+@pytest.fixture(scope="module")
+def bottlenecks(job_root, artifact_root, lite0_artifact) -> Path:
+    from tests.test_trainer_helpers import run_bottleneck_job
+
+    return run_bottleneck_job(job_root, artifact_root, per_label=20, augment=1)
+
+
+@pytest.fixture(scope="module")
+def data(bottlenecks):
+    return load_bottlenecks(bottlenecks)
+
+
+@pytest.fixture(scope="module")
+def trained(bottlenecks, data, artifact_root, lite0_artifact, tmp_path_factory) -> Path:
+    from brandlens.cli import main
+
+    out = tmp_path_factory.mktemp("model") / "out"
+    argv = ["train", "--bottlenecks", str(bottlenecks), "--output", str(out), "--artifacts", str(artifact_root),
+            "--steps", "300", "--eval-every", "10", "--learning-rate", "0.01", "--target-precision", "0.9", "--verify-images", "4"]
+    assert main(argv) == 0
+    return out
+
+
+def test_data_reads_splits_labels_and_variants(data):
+    assert data.labels == ["acme", "zenith", "neither"] and data.neither_label == "neither"
+    variants = set(data.splits["train"].variant)
+    assert "original" in variants and len(variants) == 2
+    assert set(data.splits["test"].variant) == {"original"} and set(data.splits["validation"].variant) == {"original"}
+    counts = data.counts()
+    assert counts["test"]["per_label"] == {"acme": 4, "zenith": 4, "neither": 4}
+    train = data.splits["train"]
+    assert np.allclose(train.raw * data.scale + data.shift, train.x, atol=1e-5)
+
+
+def test_train_writes_metrics_plots_logs_report_and_card(trained, data, lite0_artifact):
+    import tensorflow as tf
+
+    metrics = json.loads((trained / "metrics.json").read_text())
+    test = metrics["test"]
+    assert test["count"] == 12 and 0.0 <= test["accuracy"] <= 1.0 and test["cross_entropy"] > 0
+    assert set(test["per_class"]) == set(data.labels) and np.array(test["confusion_matrix"]).sum() == 12
+    assert metrics["history"][0]["step"] == 0 and metrics["history"][-1]["step"] == metrics["steps_run"]
+    assert metrics["threshold"]["target_precision"] == 0.9
+    for png in ("curves.png", "confusion_matrix.png", "threshold.png"):
+        assert (trained / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (trained / "errors.html").read_text()
+    assert html.startswith("<!doctype html>") and "errors of 12 test images" in html
+    for run in ("train", "validation"):
+        events = list((trained / "tensorboard" / run).glob("events.out.tfevents.*"))
+        assert len(events) == 1
+        tags = set()
+        for record in tf.data.TFRecordDataset(str(events[0])):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            tags |= {v.tag for v in event.summary.value if v.metadata.plugin_data.plugin_name == "scalars"}
+        assert tags == {"accuracy", "cross_entropy"}
+    card = json.loads((trained / contract.MODEL_CARD).read_text())
+    assert set(contract.MODEL_CARD_FIELDS) <= set(card)
+    assert re.fullmatch(r"bl-\d{8}T\d{6}Z-[0-9a-f]{8}", card["version_id"]) and metrics["version_id"] == card["version_id"]
+    assert card["labels"] == data.labels and card["neither_label"] == "neither"
+    assert card["threshold"] == metrics["threshold"]["threshold"]
+    assert card["backbone"]["version"] == data.fingerprint.version
+    assert card["training_data"]["counts"]["train"]["total"] == 72
+    assert card["training_data"]["manifest"].endswith("manifest-with-splits.csv")
+    assert card["hyperparameters"]["steps"] == 300 and card["hyperparameters"]["target_precision"] == 0.9
+    assert card["metrics"]["test"]["accuracy"] == test["accuracy"]
+    assert card["export_check"]["images_checked"] == 4 and card["export_check"]["serving_max_abs_diff"] < PARITY
+
+
+def _test_images(data) -> list[bytes]:
+    return [Path(uri).read_bytes() for uri in data.splits["test"].uri]
+
+
+def test_export_matches_evaluation_on_the_test_images(trained, data):
+    """serving_default on the raw JPEG bytes gives the evaluation's test scores (within 1e-5)."""
+    import tensorflow as tf
+
+    assert "tensorflow_transform" in sys.modules  # this process is the Keras 2 one
+    rows, labels = read_predictions(trained / "test_predictions.csv")
+    assert labels == data.labels
+    expected = np.array([[float(r[f"score:{lab}"]) for lab in labels] for r in rows], np.float32)
+    serving = tf.saved_model.load(str(trained / contract.SERVING_DIR))
+    out = serving.signatures[contract.SIG_BYTES](**{contract.INPUT_BYTES: tf.constant(_test_images(data))})
+    assert set(out) == set(contract.OUTPUTS)
+    assert np.max(np.abs(out[contract.OUT_SCORES].numpy() - expected)) < PARITY
+    assert [v.decode() for v in out[contract.OUT_LABEL].numpy()] == [r["predicted"] for r in rows]
+    assert np.allclose(out[contract.OUT_CONFIDENCE].numpy(), [float(r["confidence"]) for r in rows], atol=PARITY)
+    assert np.max(np.abs(out[contract.OUT_EMBEDDING].numpy() - data.splits["test"].raw)) < 1e-4
+    assert serving.version_id.numpy().decode() == json.loads((trained / contract.MODEL_CARD).read_text())["version_id"]
+
+
+def test_head_only_model_equals_serving_on_stored_embeddings(trained, data):
+    import tensorflow as tf
+
+    from brandlens.imaging import decode_image
+    from brandlens.preprocess import prepare
+
+    test = data.splits["test"]
+    head = tf.saved_model.load(str(trained / contract.HEAD_DIR)).signatures[contract.SIG_EMBEDDING]
+    by_head = head(**{contract.INPUT_EMBEDDING: tf.constant(test.raw)})
+    fp = data.fingerprint
+    images = np.stack([prepare(decode_image(b), fp.input_size, fp.crop_fraction) for b in _test_images(data)])
+    serving = tf.saved_model.load(str(trained / contract.SERVING_DIR)).signatures[contract.SIG_IMAGES]
+    by_images = serving(**{contract.INPUT_IMAGES: tf.constant(images)})
+    assert np.max(np.abs(by_head[contract.OUT_SCORES].numpy() - by_images[contract.OUT_SCORES].numpy())) < PARITY
+    assert by_head[contract.OUT_LABEL].numpy().tolist() == by_images[contract.OUT_LABEL].numpy().tolist()
+
+
+_LOAD_WITHOUT_TFT = """
+import json, sys
+import numpy as np, tensorflow as tf
+head = tf.saved_model.load(sys.argv[1] + "/head").signatures["serving_default"]
+serving = tf.saved_model.load(sys.argv[1] + "/serving")
+out = head(embedding=tf.zeros([2, int(sys.argv[2])]))
+images = serving.signatures["score_images"](images=tf.zeros([1, int(sys.argv[3]), int(sys.argv[3]), 3]))
+print(json.dumps({"tft": "tensorflow_transform" in sys.modules, "scores": out["scores"].numpy().tolist(),
+                  "image_scores": images["scores"].numpy().tolist()}))
+"""
+
+
+def test_export_loads_in_a_process_without_tensorflow_transform(trained, data):
+    fp = data.fingerprint
+    proc = subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_TFT, str(trained), str(fp.embedding_dim), str(fp.input_size)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["tft"] is False
+    assert np.allclose(np.sum(result["scores"], axis=1), 1.0, atol=1e-5) and len(result["image_scores"][0]) == 3
+
+
+def test_predict_prints_every_label_highest_first(trained, data, job_root, capsys):
+    from brandlens.cli import main
+
+    folder = job_root / "sample" / "images" / "acme"
+    assert main(["predict", str(trained), str(folder)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 20 * 4  # a header and three labels per image
+    for i in range(0, len(out), 4):
+        header, lines = out[i], out[i + 1:i + 4]
+        assert re.fullmatch(r".*acme-\d{4}\.jpg: (acme|zenith|neither)", header)
+        parsed = [re.fullmatch(r"  (\w+) \(score = (\d\.\d{5})\)", line).groups() for line in lines]
+        assert sorted(label for label, _ in parsed) == sorted(data.labels)
+        values = [float(s) for _, s in parsed]
+        assert values == sorted(values, reverse=True) and abs(sum(values) - 1) < 2e-5
+
+
+def test_predict_reports_a_bad_file_and_fails(trained, tmp_path, capsys):
+    from brandlens.cli import main
+
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    assert main(["predict", str(trained), str(tmp_path / "broken.jpg")]) == 1
+    assert "broken.jpg: cannot score:" in capsys.readouterr().out
+    assert main(["predict", str(tmp_path), str(tmp_path / "nope.jpg")]) == 2
+
+
+def test_search_writes_ranked_tables(bottlenecks, artifact_root, lite0_artifact, tmp_path):
+    from brandlens.cli import build_parser
+    from trainer.search import run_search
+
+    args = build_parser().parse_args(["search", "--bottlenecks", str(bottlenecks), "--output", str(tmp_path / "s"),
+                                      "--artifacts", str(artifact_root), "--steps", "60", "--no-export",
+                                      "--grid", "l2=0.1,0.001", "--grid", "optimizer=sgd,adam"])
+    rows = run_search(SearchConfig.from_args(args))
+    with open(tmp_path / "s" / "search.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["rank"] for r in table] == ["1", "2", "3", "4"] and len({r["run"] for r in table}) == 4
+    ces = [float(r["validation_cross_entropy"]) for r in table]
+    assert ces == sorted(ces)
+    assert {r["optimizer"] for r in table} == {"sgd", "adam"} and table[0]["classification"] == "open world, 3 classes"
+    assert {"run", "test_accuracy", "steps", "learning_rate", "optimizer", "data", "classification"} <= set(table[0])
+    md = (tmp_path / "s" / "search.md").read_text()
+    assert "| rank | run | test_accuracy |" in md and md.count("\n| ") == 5
+    assert json.loads((tmp_path / "s" / "best_hparams.json").read_text())["run"] == rows[0]["run"]
+    assert not (tmp_path / "s" / "best").exists()
+
+
+def test_grid_and_random_candidates():
+    from trainer.search import candidates, parse_grid
+
+    grid = parse_grid(["learning-rate=0.1,0.01", "optimizer=sgd,adam", "steps=10,none", "class_weights=none;a=2,b=1"])
+    assert grid["learning_rate"] == [0.1, 0.01] and grid["steps"] == [10, None] and grid["class_weights"] == ["none", "a=2,b=1"]
+    assert len(candidates(grid, HParams())) == 16
+    drawn = candidates(grid, HParams(), random_count=5, seed=3)
+    assert len(drawn) == 5 and drawn == candidates(grid, HParams(), random_count=5, seed=3)
+    with pytest.raises(ConfigError):
+        parse_grid(["momentum=0.9"])
+    with pytest.raises(ConfigError):
+        parse_grid(["l2=abc"])
+
+
+def test_seed_repeats_a_run_on_real_embeddings(data):
+    hp = HParams(steps=40, dropout=0.2, seed=3)
+    a, b = train_and_evaluate(data, hp), train_and_evaluate(data, hp)
+    assert np.array_equal(a.fit.weights.kernel, b.fit.weights.kernel) and a.metrics == b.metrics
+
+
+# --- bad inputs ------------------------------------------------------------------------------
+
+def test_missing_bottleneck_folder_is_a_clear_error(tmp_path, capsys):
+    from brandlens.cli import main
+
+    with pytest.raises(DataError, match="does not exist"):
+        load_bottlenecks(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="backbone.json"):
+        load_bottlenecks(tmp_path / "empty")
+    assert issubclass(DataError, BrandlensError)
+    assert main(["train", "--bottlenecks", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o")]) == 2
+    assert "brandlens: error: bottleneck folder" in capsys.readouterr().err
+
+
+def test_empty_train_split_is_a_clear_error(bottlenecks, tmp_path):
+    import tensorflow as tf
+
+    copy = tmp_path / "b"
+    shutil.copytree(bottlenecks, copy)
+    for folder in (layout.EXAMPLES, layout.TRANSFORMED):
+        for f in (copy / folder).glob("train-*"):
+            f.unlink()
+        with tf.io.TFRecordWriter(str(copy / folder / f"train-00000-of-00001{layout.TFRECORD_SUFFIX}"), "GZIP"):
+            pass
+    with pytest.raises(DataError, match="no training examples"):
+        load_bottlenecks(copy)
+
+
+def test_wrong_artifact_root_and_closed_world_threshold_are_clear_errors(data, tmp_path):
+    with pytest.raises(ArtifactError, match="brandlens backbone --backbone efficientnet_lite0"):
+        locate_artifact(data.fingerprint, tmp_path)
+    closed = dataclasses.replace(data, neither_label=None)
+    with pytest.raises(ConfigError, match="open world"):
+        train_and_evaluate(closed, HParams(steps=5), target_precision=0.9)
+    with pytest.raises(ConfigError):
+        TrainConfig(Path("b"), Path("o"), target_precision=1.5)

@@ -1,0 +1,67 @@
+"""The trainer's subcommands (train, search, predict), registered on ``brandlens``'s parser."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from trainer.config import TrainConfig
+    from trainer.train import run_training
+
+    metrics = run_training(TrainConfig.from_args(args))
+    test = metrics["test"]
+    print(f"{args.output}: test accuracy {test['accuracy']:.4f}, cross-entropy {test['cross_entropy']:.4f} "
+          f"({test['count']} images, {metrics['classification']}){', model ' + metrics['version_id'] if 'version_id' in metrics else ''}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from trainer.config import SearchConfig
+    from trainer.search import TABLE_MD, run_search
+
+    rows = run_search(SearchConfig.from_args(args))
+    print((args.output / TABLE_MD).read_text())
+    best = rows[0]
+    print(f"best on validation: {best['run']} (test accuracy {best['test_accuracy']:.4f}, "
+          f"cross-entropy {best['test_cross_entropy']:.4f})")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from trainer.predict import format_prediction, predict
+
+    failed = 0
+    for p in predict(args.model, args.paths, args.batch_size):
+        print(format_prediction(p))
+        failed += p.error is not None
+    return 1 if failed else 0
+
+
+def register(sub) -> None:
+    """Add ``train``, ``search`` and ``predict`` to the ``brandlens`` subparsers."""
+    from trainer.config import SearchConfig, TrainConfig
+
+    p = sub.add_parser(
+        "train", help="train, evaluate and export the classifier head on bottlenecks",
+        description="Train a softmax head on a bottleneck folder (closed or open world from its labels), stop early on "
+                    "validation cross-entropy, evaluate once on test, and write metrics.json, plots, TensorBoard logs, "
+                    "an HTML report of the test errors and the export (serving/, head/, model_card.json).")
+    TrainConfig.add_arguments(p)
+    p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser(
+        "search", help="hyperparameter search ranked on validation",
+        description="Train one head per grid point (or --random N of them), rank on validation, write search.csv and "
+                    "search.md like the study's table, and retrain and export the best run into <output>/best.")
+    SearchConfig.add_arguments(p)
+    p.set_defaults(handler=_cmd_search)
+
+    p = sub.add_parser(
+        "predict", help="score image files or folders with an exported model",
+        description="Print, for each image, the model's answer and every label with its score, highest first.")
+    p.add_argument("model", type=Path, help="an export folder (with serving/ and model_card.json)")
+    p.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default %(default)s)")
+    p.set_defaults(handler=_cmd_predict)

@@ -1,0 +1,181 @@
+"""The trainer's settings: typed, frozen, built once from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from brandlens.config import default_artifact_root
+from brandlens.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adagrad", "adam")
+DEFAULT_NEITHER = "neither"
+SELECT_BY = ("cross_entropy", "accuracy")
+
+
+@dataclass(frozen=True)
+class HParams:
+    """What decides the head's weights; together with the data and seed, a run is repeatable.
+
+    ``l2`` is the coefficient of ``0.5 * l2 * ||W||^2`` added to the mean batch loss.
+    ``class_weights`` is ``none``, ``balanced`` (inverse training frequency) or
+    ``label=weight,...`` (unnamed labels weigh 1). ``steps`` wins over ``epochs``
+    when both are set. Validation cross-entropy is checked every ``eval_every``
+    steps; training stops after ``patience`` checks without improvement (0: never)
+    and the best checked weights are kept.
+    """
+
+    learning_rate: float = 0.001
+    optimizer: str = "adam"
+    steps: int | None = None
+    epochs: int = 100
+    batch_size: int = 64
+    dropout: float = 0.0
+    l2: float = 0.01
+    class_weights: str = "none"
+    patience: int = 10
+    eval_every: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning rate must be > 0, got {self.learning_rate}")
+        if self.steps is not None and self.steps <= 0:
+            raise ConfigError(f"steps must be > 0, got {self.steps}")
+        if self.epochs <= 0 or self.batch_size <= 0 or self.eval_every <= 0 or self.patience < 0:
+            raise ConfigError("epochs, batch size and eval-every must be > 0 and patience >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.l2 < 0:
+            raise ConfigError(f"l2 must be >= 0, got {self.l2}")
+        parse_class_weights(self.class_weights)
+
+    def replace(self, **changes) -> "HParams":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        d = HParams()
+        g = parser.add_argument_group("hyperparameters")
+        g.add_argument("--learning-rate", type=float, default=d.learning_rate, help="step size (default %(default)s)")
+        g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                       help="sgd and adagrad as in the study, or adam (default %(default)s)")
+        g.add_argument("--steps", type=int, default=None, help="training steps; overrides --epochs")
+        g.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training set (default %(default)s)")
+        g.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
+        g.add_argument("--dropout", type=float, default=d.dropout, help="dropout rate on the features (default %(default)s)")
+        g.add_argument("--l2", type=float, default=d.l2, help="L2 penalty 0.5*l2*||W||^2 (default %(default)s)")
+        g.add_argument("--class-weights", default=d.class_weights,
+                       help="none, balanced, or label=weight,... (default %(default)s)")
+        g.add_argument("--patience", type=int, default=d.patience,
+                       help="early stopping: validation checks without a lower cross-entropy (0: off; default %(default)s)")
+        g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation checks (default %(default)s)")
+        g.add_argument("--seed", type=int, default=d.seed, help="makes a run repeatable (default %(default)s)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "HParams":
+        return cls(args.learning_rate, args.optimizer, args.steps, args.epochs, args.batch_size, args.dropout,
+                   args.l2, args.class_weights, args.patience, args.eval_every, args.seed)
+
+
+def parse_class_weights(spec: str) -> str | dict[str, float]:
+    """``'none'``, ``'balanced'`` or a {label: weight} dict."""
+    spec = spec.strip()
+    if spec in ("none", "balanced"):
+        return spec
+    weights = {}
+    for part in spec.split(","):
+        label, sep, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or not label.strip() or weight <= 0:
+            raise ConfigError(f"class weights must be none, balanced or label=weight,... with weights > 0; got {spec!r}")
+        weights[label.strip()] = weight
+    return weights
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: where from, where to, how."""
+
+    bottlenecks: Path
+    output: Path
+    hparams: HParams = HParams()
+    artifact_root: Path = default_artifact_root()
+    neither_label: str = DEFAULT_NEITHER
+    target_precision: float | None = None
+    image_root: Path | None = None
+    export: bool = True
+    verify_images: int = 8
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.target_precision is not None and not 0.0 < self.target_precision <= 1.0:
+            raise ConfigError(f"target precision must be in (0, 1], got {self.target_precision}")
+
+    @staticmethod
+    def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("data")
+        g.add_argument("--bottlenecks", type=Path, required=True, help="the bottleneck job's output folder")
+        g.add_argument("--artifacts", type=Path, default=default_artifact_root(),
+                       help="folder of backbone artifacts; the one named in backbone.json is used (default %(default)s)")
+        g.add_argument("--neither-label", default=DEFAULT_NEITHER,
+                       help="the open-world class; open world iff the data has it (default %(default)s)")
+        g.add_argument("--image-root", type=Path, default=None,
+                       help="folder that relative image URIs are resolved against (default: from the bottleneck summary)")
+        g.add_argument("--target-precision", type=float, default=None,
+                       help="open world only: pick on validation the lowest brand-score threshold reaching this "
+                            "brand precision; below it a prediction falls back to the neither label")
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--output", type=Path, required=True, help="folder for the model, metrics, plots and logs")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+        parser.add_argument("--no-export", action="store_true", help="train and evaluate only")
+        parser.add_argument("--verify-images", type=int, default=8,
+                            help="test images rescored through the exported model as a check (default %(default)s)")
+        TrainConfig.add_data_arguments(parser)
+        HParams.add_arguments(parser)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
+        return cls(args.bottlenecks, args.output, HParams.from_args(args), args.artifacts, args.neither_label,
+                   args.target_precision, args.image_root, not args.no_export, args.verify_images, args.overwrite)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    train: TrainConfig          # the data, base hyperparameters and where the best run is written
+    grid: tuple[str, ...]
+    random_count: int | None = None
+    select_by: str = "cross_entropy"
+
+    @staticmethod
+    def add_arguments(parser) -> None:
+        parser.add_argument("--output", type=Path, required=True, help="folder for the tables and best/")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+        parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                            help="values to try for a hyperparameter, e.g. --grid l2=0.1,0.01 --grid optimizer=sgd,adam "
+                                 "(class_weights values are separated by ';'); repeatable")
+        parser.add_argument("--random", type=int, default=None, metavar="N", help="try N random grid points instead of all")
+        parser.add_argument("--select-by", choices=SELECT_BY, default="cross_entropy",
+                            help="validation figure that ranks the runs (default %(default)s)")
+        parser.add_argument("--no-export", action="store_true", help="do not retrain and export the best run")
+        parser.add_argument("--verify-images", type=int, default=8, help="test images the best export is checked on")
+        TrainConfig.add_data_arguments(parser)
+        HParams.add_arguments(parser)
+
+    @classmethod
+    def from_args(cls, args) -> "SearchConfig":
+        train = TrainConfig(args.bottlenecks, args.output, HParams.from_args(args), args.artifacts, args.neither_label,
+                            args.target_precision, args.image_root, not args.no_export, args.verify_images, args.overwrite)
+        return cls(train, tuple(args.grid), args.random, args.select_by)

@@ -1,0 +1,185 @@
+"""Write the export that ``schemas/model.py`` specifies: serving/, head/ and model_card.json.
+
+Both SavedModels are plain ``tf.Module`` saves with ``tf.function`` signatures,
+so they load with ``tf.saved_model.load`` in Keras 2 and Keras 3 processes alike.
+The serving model holds decoding, the shared crop-and-resize, the backbone
+(loaded from its artifact and saved inside), the transform (as the affine
+scale/shift probed from the TFT graph) and the head: no file outside the folder
+is needed. After saving, the export is reloaded and checked against the
+evaluation's own scores.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from brandlens import __version__
+from brandlens.backbones.artifact import SAVED_MODEL_DIR
+from brandlens.errors import ArtifactError
+from schemas import model as contract
+
+log = logging.getLogger(__name__)
+
+CHECK_TOLERANCE = 1e-4
+_BRIEF_METRICS = ("count", "accuracy", "argmax_accuracy", "cross_entropy", "macro_f1", "brand_precision", "brand_recall")
+
+
+def _modules(weights, scale, shift, labels, neither_index, threshold, version_id, backbone_dir=None, fingerprint=None):
+    """Build the head module and, given a backbone, the serving module around it."""
+    import tensorflow as tf
+
+    from brandlens.preprocess import crop_and_resize
+
+    dim = weights.kernel.shape[0]
+    fallback = neither_index is not None and threshold is not None
+
+    class Head(tf.Module):
+        def __init__(self):
+            super().__init__(name="brandlens_head")
+            self.kernel = tf.Variable(np.asarray(weights.kernel, np.float32), trainable=False, name="kernel")
+            self.bias = tf.Variable(np.asarray(weights.bias, np.float32), trainable=False, name="bias")
+            self.scale = tf.Variable(np.asarray(scale, np.float32), trainable=False, name="transform_scale")
+            self.shift = tf.Variable(np.asarray(shift, np.float32), trainable=False, name="transform_shift")
+            self.labels = tf.Variable(labels, trainable=False, name="labels")
+            self.version_id = tf.Variable(version_id, trainable=False, name="version_id")
+
+        def outputs(self, embedding):
+            scaled = embedding * self.scale + self.shift
+            scores = tf.nn.softmax(tf.matmul(scaled, self.kernel) + self.bias)
+            top = tf.argmax(scores, axis=1, output_type=tf.int32)
+            if fallback:
+                top_score = tf.gather(scores, top, batch_dims=1)
+                below = tf.logical_and(tf.not_equal(top, neither_index), top_score < threshold)
+                top = tf.where(below, tf.constant(neither_index, tf.int32), top)
+            return {contract.OUT_SCORES: scores, contract.OUT_LABEL: tf.gather(self.labels, top),
+                    contract.OUT_CONFIDENCE: tf.gather(scores, top, batch_dims=1), contract.OUT_EMBEDDING: embedding}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, dim], tf.float32, name=contract.INPUT_EMBEDDING)])
+        def serve(self, embedding):
+            return self.outputs(embedding)
+
+    head = Head()
+    if backbone_dir is None:
+        return head, None
+    size, crop = fingerprint.input_size, fingerprint.crop_fraction
+
+    class Serving(tf.Module):
+        def __init__(self):
+            super().__init__(name="brandlens_serving")
+            self.backbone = tf.saved_model.load(str(Path(backbone_dir) / SAVED_MODEL_DIR))
+            self.head = head
+            self.version_id = head.version_id
+
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name=contract.INPUT_IMAGES)])
+        def score_images(self, images):
+            return self.head.outputs(self.backbone.serve(images)["embedding"])
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.INPUT_BYTES)])
+        def score_bytes(self, image_bytes):
+            def prepare(data):
+                image = tf.cond(
+                    tf.io.is_jpeg(data),
+                    lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+                    lambda: tf.ensure_shape(tf.io.decode_image(data, channels=3, expand_animations=False), [None, None, 3]))
+                return crop_and_resize(image, size, crop)
+
+            images = tf.map_fn(prepare, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+            return self.score_images(images)
+
+    return head, Serving()
+
+
+def make_version_id(created: dt.datetime, weights, labels: list[str], backbone_version: str) -> str:
+    """``bl-<UTC time>-<8 hex>``: sortable by time; the hash mixes in the weights and a random id."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(weights.kernel, np.float32).tobytes())
+    digest.update(np.ascontiguousarray(weights.bias, np.float32).tobytes())
+    digest.update(json.dumps([labels, backbone_version]).encode())
+    digest.update(uuid.uuid4().bytes)
+    return f"bl-{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
+
+
+def _brief(metrics: dict) -> dict:
+    return {k: metrics[k] for k in _BRIEF_METRICS if k in metrics}
+
+
+def export_model(config, data, run, metrics: dict) -> dict:
+    """Save serving/ and head/, check them against the evaluation, write and return the model card."""
+    import tensorflow as tf
+
+    from trainer.data import default_image_root, locate_artifact, read_bytes, resolve_uri
+
+    output = Path(config.output)
+    artifact = locate_artifact(data.fingerprint, config.artifact_root)
+    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    version_id = make_version_id(created, run.fit.weights, data.labels, data.fingerprint.version)
+    head, serving = _modules(run.fit.weights, data.scale, data.shift, data.labels, data.neither_index,
+                             run.threshold_value, version_id, artifact, data.fingerprint)
+    tf.saved_model.save(head, str(output / contract.HEAD_DIR), signatures={contract.SIG_EMBEDDING: head.serve})
+    tf.saved_model.save(serving, str(output / contract.SERVING_DIR),
+                        signatures={contract.SIG_BYTES: serving.score_bytes, contract.SIG_IMAGES: serving.score_images})
+
+    check = verify_export(output, data, run.scores["test"], config.verify_images,
+                          config.image_root or default_image_root(data), read_bytes, resolve_uri)
+    card = {
+        "version_id": version_id,
+        "labels": data.labels,
+        "neither_label": data.neither_label,
+        "threshold": run.threshold_value,
+        "backbone": json.loads(data.fingerprint.to_json()),
+        "training_data": {
+            "bottlenecks": str(Path(data.root).resolve()),
+            "manifest": data.summary.get("manifest") or data.summary.get("config", {}).get("input"),
+            "counts": data.counts(),
+            "bottleneck_summary": data.summary,
+        },
+        "hyperparameters": {**run.hparams.to_dict(), "class_weight_values": run.fit.class_weights,
+                            "best_step": run.fit.best_step, "steps_run": run.fit.steps_run,
+                            "stopped_early": run.fit.stopped_early, "target_precision": config.target_precision},
+        "metrics": {"validation": _brief(metrics["validation"]), "test": _brief(metrics["test"]),
+                    "threshold_selection": run.threshold},
+        "created_at": created.isoformat().replace("+00:00", "Z"),
+        "brandlens_version": __version__,
+        "classification": data.classification,
+        "export_check": check,
+    }
+    (output / contract.MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
+    log.info("exported %s to %s", version_id, output)
+    return card
+
+
+def verify_export(output: Path, data, test_scores: np.ndarray, max_images: int, image_root, read_bytes, resolve_uri) -> dict:
+    """Reload both SavedModels and compare with the evaluation's test scores; raise when they disagree."""
+    import tensorflow as tf
+
+    test = data.splits["test"]
+    head = tf.saved_model.load(str(output / contract.HEAD_DIR)).signatures[contract.SIG_EMBEDDING]
+    head_scores = head(**{contract.INPUT_EMBEDDING: tf.constant(test.raw)})[contract.OUT_SCORES].numpy()
+    check = {"head_max_abs_diff": float(np.max(np.abs(head_scores - test_scores))), "images_checked": 0,
+             "serving_max_abs_diff": None}
+    picked = []
+    for i in range(len(test)):
+        if len(picked) >= max_images:
+            break
+        blob = read_bytes(resolve_uri(str(test.uri[i]), image_root))
+        if blob is not None:
+            picked.append((i, blob))
+    if picked:
+        serving = tf.saved_model.load(str(output / contract.SERVING_DIR)).signatures[contract.SIG_BYTES]
+        out = serving(**{contract.INPUT_BYTES: tf.constant([b for _, b in picked])})[contract.OUT_SCORES].numpy()
+        check["serving_max_abs_diff"] = float(np.max(np.abs(out - test_scores[[i for i, _ in picked]])))
+        check["images_checked"] = len(picked)
+    elif max_images:
+        log.warning("no test image was readable, so the serving model was not checked on images (set --image-root)")
+    worst = max(v for v in (check["head_max_abs_diff"], check["serving_max_abs_diff"]) if v is not None)
+    if worst > CHECK_TOLERANCE:
+        raise ArtifactError(f"the exported model disagrees with the evaluation by {worst:g} (> {CHECK_TOLERANCE:g}) "
+                            f"on the test split: {check}; the bottlenecks may come from different preprocessing")
+    return check
