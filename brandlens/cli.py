@@ -44,6 +44,28 @@ def _cmd_bottlenecks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from beam_jobs.scoring.config import ScoringConfig
+    from beam_jobs.scoring.job import run
+
+    return _print_scoring(run(ScoringConfig.from_args(args)))
+
+
+def _cmd_rescore(args: argparse.Namespace) -> int:
+    from beam_jobs.scoring.config import RescoreConfig
+    from beam_jobs.scoring.job import rescore
+
+    return _print_scoring(rescore(RescoreConfig.from_args(args)))
+
+
+def _print_scoring(summary: dict) -> int:
+    counts = summary["counts"]
+    print(f"{summary['output']}: read {counts['read']}, scored {counts['scored']}, dead-lettered "
+          f"{counts['dead_lettered']} with model {summary['model']['version_id']} "
+          f"in {summary['seconds']} s (run {summary['run_key']})")
+    return 0 if summary["reconciliation"]["ok"] else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from brandlens.demo import DemoConfig, run_demo
 
@@ -102,6 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
     BottleneckConfig.add_arguments(p)
     p.set_defaults(handler=_cmd_bottlenecks)
 
+    from beam_jobs.scoring.config import RescoreConfig, ScoringConfig
+
+    p = sub.add_parser("score", help="score archived posts into brand labels in Parquet (Beam job)",
+                       description="Score posts (a manifest, an image folder/glob, or WebDataset shards) with an exported "
+                                   "model; write Hive-partitioned Parquet, dead letters and a reconciled summary.",
+                       epilog="example:\n  brandlens score --input posts.csv --model models/shoes --output archive-scores\n"
+                              "  brandlens query --scores archive-scores/scores",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ScoringConfig.add_arguments(p)
+    p.set_defaults(handler=_cmd_score)
+
+    p = sub.add_parser("rescore", help="relabel stored embeddings with a new model's head, without the CNN",
+                       description="Read embeddings stored by the bottleneck job (TFRecords) or by 'score "
+                                   "--write-embedding' (Parquet) and score them with the new model's head only.")
+    RescoreConfig.add_arguments(p)
+    p.set_defaults(handler=_cmd_rescore)
+
     from brandlens.demo import DemoConfig
 
     p = sub.add_parser("demo", help="run the whole product on the generated sample",
@@ -112,7 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.cli import register as register_trainer
 
     register_trainer(sub)
-
     return parser
 
 

@@ -60,3 +60,23 @@ def gcs_bucket():
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture(scope="session")
+def sample_bottlenecks(tmp_path_factory, artifact_root, lite0_artifact) -> Path:
+    """The real bottleneck job on generated images (lite0, fixed splits, one augmentation)."""
+    from tests.test_trainer_helpers import run_bottleneck_job
+
+    return run_bottleneck_job(tmp_path_factory.mktemp("sample-job"), artifact_root, per_label=20, augment=1)
+
+
+@pytest.fixture(scope="session")
+def sample_model(sample_bottlenecks, artifact_root, tmp_path_factory) -> Path:
+    """A model exported by the real trainer from ``sample_bottlenecks``."""
+    from brandlens.cli import main
+
+    out = tmp_path_factory.mktemp("sample-model") / "model"
+    argv = ["train", "--bottlenecks", str(sample_bottlenecks), "--output", str(out), "--artifacts", str(artifact_root),
+            "--steps", "300", "--eval-every", "20", "--learning-rate", "0.01", "--verify-images", "2"]
+    assert main(argv) == 0
+    return out

@@ -131,15 +131,8 @@ def test_early_stopping_stops_and_keeps_the_best_check():
 # --- end to end on a generated bottleneck folder ---------------------------------------------------
 
 @pytest.fixture(scope="module")
-def job_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("job")
-
-
-@pytest.fixture(scope="module")
-def bottlenecks(job_root, artifact_root, lite0_artifact) -> Path:
-    from tests.test_trainer_helpers import run_bottleneck_job
-
-    return run_bottleneck_job(job_root, artifact_root, per_label=20, augment=1)
+def bottlenecks(sample_bottlenecks) -> Path:
+    return sample_bottlenecks
 
 
 @pytest.fixture(scope="module")
@@ -264,10 +257,10 @@ def test_export_loads_in_a_process_without_tensorflow_transform(trained, data):
     assert np.allclose(np.sum(result["scores"], axis=1), 1.0, atol=1e-5) and len(result["image_scores"][0]) == 3
 
 
-def test_predict_prints_every_label_highest_first(trained, data, job_root, capsys):
+def test_predict_prints_every_label_highest_first(trained, data, bottlenecks, capsys):
     from brandlens.cli import main
 
-    folder = job_root / "sample" / "images" / "acme"
+    folder = bottlenecks.parent / "sample" / "images" / "acme"
     assert main(["predict", str(trained), str(folder)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 20 * 4  # a header and three labels per image

@@ -1,0 +1,203 @@
+"""Entry points of the scoring job and of rescoring: settle the run, run the pipeline, summarise.
+
+A run is identified by its *run key* (input + model version + options that
+change the rows): rerunning the same input with the same model replaces that
+run's own files and summary, so output rows are never duplicated.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from beam_jobs.common.accounting import DEAD_LETTERED, READ, nest_counts, query_counters, reconcile, total, write_json
+from beam_jobs.common.inputs import FORMAT_MANIFEST, manifest_kind
+from beam_jobs.scoring.config import NAMESPACE, RescoreConfig, ScoringConfig
+from beam_jobs.scoring.model import read_model_card
+from beam_jobs.scoring.parquet_sink import run_key
+from beam_jobs.scoring.pipeline import SCORED, build_pipeline, build_rescore_pipeline
+from brandlens import __version__
+from brandlens.errors import ConfigError
+from schemas import scores as schema
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+
+
+def manifest_columns(path: str) -> list[str]:
+    """Column names of the first manifest matching ``path`` (CSV header, first JSON object, Parquet schema)."""
+    matched = FileSystems.match([path])[0].metadata_list
+    if not matched:
+        raise ConfigError(f"input {path} matches no files")
+    first = sorted(m.path for m in matched)[0]
+    kind = manifest_kind(first) or "csv"
+    with FileSystems.open(first) as f:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.ParquetFile(f).schema_arrow.names)
+        text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
+        if kind == "csv":
+            return next(csv.reader(text), [])
+        for line in text:
+            if line.strip():
+                return list(json.loads(line))
+    return []
+
+
+def _clashes(column: str) -> bool:
+    return column in schema.RESERVED or column.startswith("score_")
+
+
+def carried_columns(config: ScoringConfig) -> tuple[tuple[str, str], ...]:
+    """(output name, input name) of the carried columns: ``--carry``, else every manifest column but id and uri.
+
+    Carried by default, a column named like an output column (say a manifest's
+    own ``label``) is kept as ``input_<name>``; named in ``--carry``, it is an error.
+    """
+    if config.carry is not None:
+        clash = [c for c in config.carry if _clashes(c)]
+        if clash:
+            raise ConfigError(f"--carry columns {clash} clash with output columns")
+        return tuple((c, c) for c in config.carry)
+    if config.input_spec.resolved_format != FORMAT_MANIFEST:
+        return ()
+    columns = [c for c in manifest_columns(config.input) if c not in (config.id_column, config.uri_column)]
+    pairs = tuple((f"input_{c}" if _clashes(c) else c, c) for c in columns)
+    if len({out for out, _ in pairs}) != len(pairs) or any(_clashes(out) for out, _ in pairs):
+        raise ConfigError(f"input columns {columns} cannot all be carried; choose them with --carry")
+    return pairs
+
+
+def _clear(folder: str) -> None:
+    files = [m.path for m in FileSystems.match([f"{folder}/**"])[0].metadata_list]
+    if files:
+        FileSystems.delete(files)
+
+
+def _finish(kind: str, config, card, run: str, scored_at: dt.datetime, started: float, started_at: dt.datetime,
+            result, extra: dict) -> dict:
+    counts = nest_counts(query_counters(result, NAMESPACE))
+    for name in (READ, SCORED):
+        counts.setdefault(name, 0)
+    counts.setdefault(DEAD_LETTERED, {})
+    reconciliation = reconcile(counts, READ, (SCORED, DEAD_LETTERED))
+    seconds = round(time.monotonic() - started, 1)
+    summary = {
+        "job": kind,
+        "status": "ok" if reconciliation["ok"] else "counts do not reconcile",
+        "run_key": run,
+        "brandlens_version": __version__,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "scored_at": scored_at.isoformat(),
+        "model": {"path": config.model, "version_id": card.version_id, "labels": list(card.labels),
+                  "neither_label": card.neither_label, "threshold": card.threshold},
+        "backbone": card.backbone,
+        "output": config.out.scores_dir,
+        "counts": counts,
+        "reconciliation": reconciliation,
+        "seconds": seconds,
+        "posts_per_second": round(counts[READ] / max(seconds, 1e-9), 1),
+        **extra,
+    }
+    write_json(f"{config.out.run_dir(run)}/{SUMMARY}", summary)
+    log.info("%s %s: read %d, scored %d, dead-lettered %d %s in %.1f s; counts %s", kind, run, counts[READ], counts[SCORED],
+             total(counts[DEAD_LETTERED]), counts[DEAD_LETTERED], seconds, "reconcile" if reconciliation["ok"] else "DO NOT RECONCILE")
+    return summary
+
+
+def run(config: ScoringConfig) -> dict:
+    """Score the posts; returns the summary (also at ``<output>/runs/<run key>/summary.json``)."""
+    started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc)
+    card = read_model_card(config.model)
+    files = config.input_spec.check()
+    carried = carried_columns(config)
+    scored_at = config.out.scored_at or started_at
+    run_id = run_key(config.input, card.version_id, f"multi_crop={config.multi_crop}", f"embedding={config.write_embedding}")
+    _clear(config.out.run_dir(run_id))
+    log.info("scoring %s: %s (%s, %d files) with model %s -> %s", run_id, config.input, config.input_spec.resolved_format,
+             files, card.version_id, config.out.scores_dir)
+    pipeline = beam.Pipeline(options=config.runner.pipeline_options())
+    build_pipeline(pipeline, config, card, carried, run_id, scored_at)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return _finish("score", config, card, run_id, scored_at, started, started_at, result,
+                   {"input": config.input, "config": config.describe(), "carried_columns": dict(carried)})
+
+
+def _bottleneck_pattern(path: str) -> str | None:
+    """A glob of bottleneck example shards for a bottleneck output folder, a folder of shards, or a glob."""
+    from schemas import layout
+
+    if path.endswith(layout.TFRECORD_SUFFIX) or "*" in path and "tfrecord" in path:
+        return path
+    for candidate in (f"{path.rstrip('/')}/{layout.EXAMPLES}/*{layout.TFRECORD_SUFFIX}", f"{path.rstrip('/')}/*{layout.TFRECORD_SUFFIX}"):
+        if FileSystems.match([candidate])[0].metadata_list:
+            return candidate
+    return None
+
+
+def _from_example(data: bytes, run_date: str):
+    from schemas.bottleneck import ORIGINAL_VARIANT, from_example_bytes
+
+    record = from_example_bytes(data)
+    if record.variant != ORIGINAL_VARIANT:
+        return []
+    meta = {"post_id": record.uri, "image_uri": record.uri, "content_hash": record.content_hash, "dt": run_date,
+            "carried": {"source_label": record.label, "source_split": record.split}}
+    return [(meta, record.embedding)]
+
+
+def _from_parquet(item, carried: tuple[str, ...]):
+    import numpy as np
+
+    filename, row = item
+    partition = next((part.split("=", 1)[1] for part in filename.split("/") if part.startswith(f"{schema.PARTITION}=")), None)
+    meta = {"post_id": row[schema.POST_ID], "image_uri": row[schema.IMAGE_URI], "content_hash": row[schema.CONTENT_HASH],
+            "dt": partition, "carried": {c: row.get(c) for c in carried}}
+    return meta, np.asarray(row[schema.EMBEDDING], np.float32)
+
+
+def rescore(config: RescoreConfig) -> dict:
+    """Relabel stored embeddings with a new model's head; no CNN runs."""
+    started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc)
+    card = read_model_card(config.model)
+    scored_at = config.out.scored_at or started_at
+    examples = _bottleneck_pattern(config.embeddings)
+    pipeline = beam.Pipeline(options=config.runner.pipeline_options())
+    if examples:
+        carried = (("source_label", "source_label"), ("source_split", "source_split"))
+        embeddings = (pipeline | "ReadExamples" >> beam.io.ReadFromTFRecord(examples)
+                      | "Embeddings" >> beam.FlatMap(_from_example, scored_at.date().isoformat()))
+        source = examples
+    else:
+        source = f"{config.embeddings.rstrip('/')}/**/*.parquet"
+        files = FileSystems.match([source])[0].metadata_list
+        if not files:
+            raise ConfigError(f"no stored embeddings at {config.embeddings}: neither bottleneck TFRecords nor Parquet files")
+        import pyarrow.parquet as pq
+
+        with FileSystems.open(files[0].path) as f:
+            names = pq.ParquetFile(f).schema_arrow.names
+        if schema.EMBEDDING not in names:
+            raise ConfigError(f"{files[0].path} has no '{schema.EMBEDDING}' column: score with --write-embedding first")
+        fixed = {fl.name for fl in schema.FIXED_FIELDS} | {schema.EMBEDDING}
+        carried = tuple((n, n) for n in names if n not in fixed and not n.startswith("score_"))
+        embeddings = (pipeline | "ParquetPattern" >> beam.Create([source])
+                      | "ReadParquet" >> beam.io.ReadAllFromParquet(with_filename=True)
+                      | "Embeddings" >> beam.Map(_from_parquet, tuple(n for n, _ in carried)))
+    run_id = run_key("rescore", source, card.version_id)
+    _clear(config.out.run_dir(run_id))
+    build_rescore_pipeline(pipeline, config, card, embeddings, carried, run_id, scored_at)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return _finish("rescore", config, card, run_id, scored_at, started, started_at, result,
+                   {"embeddings": source, "carried_columns": dict(carried)})

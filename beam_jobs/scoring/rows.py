@@ -1,0 +1,86 @@
+"""Pure pieces of the scoring job: post identity, date partitions, views, output rows.
+
+Plain Python and numpy, tested without Beam or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import numpy as np
+
+from schemas import scores as schema
+
+_DATE = re.compile(r"^\s*(\d{4}-\d{2}-\d{2})")
+
+
+class BadPost(ValueError):
+    """A post that cannot be scored for a reason in its own data (id, date)."""
+
+
+def post_id_of(uri: str, record_id: str, metadata: dict, id_column: str, fmt: str) -> str:
+    """The post id: the id column of a manifest or WebDataset sample; the uri of a plain image file."""
+    value = metadata.get(id_column)
+    if value not in (None, ""):
+        return str(value)
+    if fmt == "manifest":
+        raise BadPost(f"no {id_column!r} value")
+    return record_id if fmt == "webdataset" else uri
+
+
+def partition_of(value: str | None, run_date: dt.date) -> str:
+    """``YYYY-MM-DD`` of a post's date column (ISO date or timestamp), or the run date when it has none."""
+    if value in (None, ""):
+        return run_date.isoformat()
+    match = _DATE.match(str(value))
+    if not match:
+        raise BadPost(f"date {value!r} is not an ISO date or timestamp")
+    try:
+        return dt.date.fromisoformat(match.group(1)).isoformat()
+    except ValueError:
+        raise BadPost(f"date {value!r} is not a valid date") from None
+
+
+def tile_boxes(height: int, width: int, grid: int) -> list[tuple[int, int, int, int]]:
+    """``grid`` x ``grid`` tiles (top, left, bottom, right) that overlap by a quarter, covering the image."""
+    if grid <= 1:
+        return []
+    boxes = []
+    tile_h, tile_w = height * 4 / (3 * grid + 1), width * 4 / (3 * grid + 1)
+    for row in range(grid):
+        for col in range(grid):
+            top, left = round(row * tile_h * 0.75), round(col * tile_w * 0.75)
+            boxes.append((top, left, min(height, round(top + tile_h)), min(width, round(left + tile_w))))
+    return boxes
+
+
+def views(rgb: np.ndarray, grid: int) -> list[np.ndarray]:
+    """The whole image, then its tiles (multi-crop scoring)."""
+    return [rgb] + [rgb[t:b, l:r] for t, l, b, r in tile_boxes(rgb.shape[0], rgb.shape[1], grid)]
+
+
+def best_view(scores: np.ndarray, brand_mask: np.ndarray) -> int:
+    """Index of the view whose best brand score is highest (0, the whole image, on ties)."""
+    if scores.shape[0] == 1 or not brand_mask.any():
+        return 0
+    return int(np.argmax(scores[:, brand_mask].max(axis=1)))
+
+
+def score_row(post_id: str, uri: str, content_hash: str, partition: str, outputs: dict, index: int,
+              labels: tuple[str, ...], neither: str | None, model_version: str, backbone: str,
+              scored_at: dt.datetime, carried: dict, with_embedding: bool) -> dict:
+    """One output row (``schemas.scores`` columns + the ``dt`` partition) from the model's outputs."""
+    label = str(outputs["label"][index])
+    row = {
+        schema.POST_ID: post_id, schema.IMAGE_URI: uri, schema.CONTENT_HASH: content_hash,
+        schema.LABEL: label, schema.CONFIDENCE: float(outputs["confidence"][index]),
+        schema.BRAND_FOUND: label != neither, schema.MODEL_VERSION: model_version, schema.BACKBONE: backbone,
+        schema.SCORED_AT: scored_at, schema.PARTITION: partition,
+    }
+    for name, score in zip(labels, outputs["scores"][index]):
+        row[schema.score_column(name)] = float(score)
+    if with_embedding:
+        row[schema.EMBEDDING] = np.asarray(outputs["embedding"][index], np.float32).tolist()
+    row.update(carried)
+    return row

@@ -1,0 +1,69 @@
+"""Pure parts of the scoring job: post identity, partitions, multi-crop views, rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from beam_jobs.scoring.rows import BadPost, best_view, partition_of, post_id_of, score_row, tile_boxes, views
+from schemas import scores as schema
+
+RUN_DATE = dt.date(2026, 11, 29)
+
+
+def test_post_id_per_input_format():
+    assert post_id_of("/a/b.jpg", "posts.csv:3", {"post_id": "p1"}, "post_id", "manifest") == "p1"
+    with pytest.raises(BadPost, match="no 'post_id'"):
+        post_id_of("/a/b.jpg", "posts.csv:3", {"post_id": ""}, "post_id", "manifest")
+    assert post_id_of("/a/b.jpg", "b.jpg", {}, "post_id", "dir") == "/a/b.jpg"
+    assert post_id_of("shard.tar#k1", "shard.tar/k1", {}, "post_id", "webdataset") == "shard.tar/k1"
+    assert post_id_of("shard.tar#k1", "shard.tar/k1", {"post_id": "x9"}, "post_id", "webdataset") == "x9"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("2026-11-03T10:00:00Z", "2026-11-03"), ("2026-11-03", "2026-11-03"), (" 2026-01-31 23:59", "2026-01-31"),
+    (None, "2026-11-29"), ("", "2026-11-29"),
+])
+def test_partition_dates(value, expected):
+    assert partition_of(value, RUN_DATE) == expected
+
+
+@pytest.mark.parametrize("value", ["yesterday", "03/11/2026", "2026-02-30"])
+def test_bad_dates_are_bad_posts(value):
+    with pytest.raises(BadPost):
+        partition_of(value, RUN_DATE)
+
+
+def test_tiles_cover_the_image_with_overlap():
+    assert tile_boxes(100, 200, 1) == []
+    boxes = tile_boxes(120, 160, 3)
+    assert len(boxes) == 9
+    covered = np.zeros((120, 160), bool)
+    for top, left, bottom, right in boxes:
+        assert 0 <= top < bottom <= 120 and 0 <= left < right <= 160
+        covered[top:bottom, left:right] = True
+    assert covered.all()
+    assert boxes[1][1] < boxes[0][3]  # neighbours overlap
+    rgb = np.zeros((120, 160, 3), np.uint8)
+    assert [v.shape for v in views(rgb, 2)][0] == (120, 160, 3) and len(views(rgb, 2)) == 5
+
+
+def test_best_view_prefers_the_most_brand_like_view():
+    brand = np.array([True, True, False])
+    scores = np.array([[0.2, 0.1, 0.7], [0.1, 0.8, 0.1], [0.6, 0.1, 0.3]])
+    assert best_view(scores, brand) == 1
+    assert best_view(scores[:1], brand) == 0
+    assert best_view(scores, np.array([False, False, False])) == 0
+
+
+def test_score_row_has_every_schema_column():
+    labels = ("acme", "neither")
+    outputs = {"label": np.array(["neither"], object), "confidence": np.array([0.75], np.float32),
+               "scores": np.array([[0.25, 0.75]], np.float32), "embedding": np.ones((1, 4), np.float32)}
+    at = dt.datetime(2026, 11, 29, tzinfo=dt.timezone.utc)
+    row = score_row("p1", "u", "h", "2026-11-01", outputs, 0, labels, "neither", "m", "b", at, {"caption": "c"}, True)
+    arrow = schema.scores_schema(list(labels), ["caption"], True, 4)
+    assert set(row) == set(arrow.names) | {schema.PARTITION}
+    assert row[schema.BRAND_FOUND] is False and row["score_acme"] == 0.25 and row[schema.EMBEDDING] == [1.0] * 4
