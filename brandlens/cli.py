@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    if not args.verbose:
+        for noisy in ("absl", "apache_beam"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     try:
         return args.handler(args)

@@ -1,15 +1,17 @@
-"""The README's main command: the whole product on a sample it generates itself."""
+"""The README's main command: the whole product on a sample archive it generates itself.
+
+sample -> backbone artifact -> bottleneck job -> trainer (train, evaluate, export)
+-> scoring job -> query, all on the DirectRunner with local files.
+"""
 
 from __future__ import annotations
 
 import argparse
-import csv
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from brandlens.config import BackboneConfig
 
@@ -25,48 +27,51 @@ class DemoConfig:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--work-dir", type=Path, default=Path("demo-output"), help="where everything is written (default %(default)s)")
-        parser.add_argument("--per-label", type=int, default=24, help="generated images per label (default %(default)s)")
+        parser.add_argument("--per-label", type=int, default=40, help="generated images per label (default %(default)s)")
         BackboneConfig.add_arguments(parser)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "DemoConfig":
-        return cls(args.work_dir, args.per_label, BackboneConfig.from_args(args))
-
-
-def _embed_sample(backbone, manifest: Path) -> tuple[np.ndarray, list[str]]:
-    from brandlens.imaging import decode_image
-
-    rows = list(csv.DictReader(open(manifest)))
-    images = [backbone.prepare(decode_image((manifest.parent / r["uri"]).read_bytes())) for r in rows]
-    embeddings = np.concatenate([backbone.embed(np.stack(images[i:i + 32])) for i in range(0, len(images), 32)])
-    return embeddings, [r["label"] for r in rows]
-
-
-def _nearest_centroid_loo(embeddings: np.ndarray, labels: list[str]) -> float:
-    """Leave-one-out nearest-centroid accuracy: do the features separate the labels?"""
-    x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    y = np.array(labels)
-    correct = 0
-    for i in range(len(y)):
-        mask = np.arange(len(y)) != i
-        names = sorted(set(y[mask]))
-        centroids = np.stack([x[mask & (y == n)].mean(0) for n in names])
-        correct += names[int(np.argmax(centroids @ x[i]))] == y[i]
-    return correct / len(y)
+        return cls(args.work_dir.resolve(), args.per_label, BackboneConfig.from_args(args))
 
 
 def run_demo(config: DemoConfig) -> int:
-    from brandlens.backbones.artifact import load_backbone
+    from beam_jobs.bottlenecks.config import BottleneckConfig
+    from beam_jobs.bottlenecks.job import run as run_bottlenecks
+    from beam_jobs.scoring.config import OutputConfig, ScoringConfig
+    from beam_jobs.scoring.job import run as run_scoring
+    from brandlens.query import SUMMARIES, QueryConfig, query
     from brandlens.sample import make_sample
+    from trainer.config import TrainConfig
+    from trainer.train import run_training
 
     start = time.time()
-    sample = make_sample(config.work_dir / "sample", config.per_label)
-    print(f"[1] sample archive: {sample.manifest} ({config.per_label} images x {len(sample.labels)} labels: {', '.join(sample.labels)})")
-    artifact = config.backbone.materialize()
-    backbone = load_backbone(artifact)
-    print(f"[2] backbone artifact: {artifact} (version {backbone.fingerprint.version}, {backbone.fingerprint.embedding_dim}-d)")
-    embeddings, labels = _embed_sample(backbone, sample.manifest)
-    accuracy = _nearest_centroid_loo(embeddings, labels)
-    print(f"[3] embedded {len(labels)} images; nearest-centroid leave-one-out accuracy on the embeddings: {accuracy:.3f}")
-    print(f"done in {time.time() - start:.1f} s")
+    work = config.work_dir
+    sample = make_sample(work / "sample", config.per_label)
+    print(f"[1/5] sample archive: {sample.manifest} ({config.per_label} images x {len(sample.labels)} labels: "
+          f"{', '.join(sample.labels)}) and {sample.posts}")
+
+    bottlenecks = run_bottlenecks(BottleneckConfig(input=str(sample.manifest), output=str(work / "bottlenecks"), overwrite=True,
+                                                   cache=str(work / "embedding-cache"), backbone=config.backbone))
+    counts = bottlenecks["counts"]
+    print(f"[2/5] bottleneck job: {counts['read']} images read, examples per split {counts['examples']}, dead-lettered "
+          f"{sum(counts['dead_lettered'].values())}, CNN images {counts['cnn_images']}, cache hits {counts['cache_hits']} "
+          f"(backbone {bottlenecks['backbone']['version']}) -> {work / 'bottlenecks'}")
+
+    metrics = run_training(TrainConfig(work / "bottlenecks", work / "model", artifact_root=config.backbone.artifact_root, overwrite=True))
+    test = metrics["test"]
+    print(f"[3/5] trainer: test accuracy {test['accuracy']:.3f}, cross-entropy {test['cross_entropy']:.3f} on "
+          f"{test['count']} images ({metrics['classification']}); exported model {metrics.get('version_id')} -> {work / 'model'}")
+
+    scoring = run_scoring(ScoringConfig(input=str(sample.posts), model=str(work / "model"), out=OutputConfig(str(work / "archive"))))
+    counts = scoring["counts"]
+    print(f"[4/5] scoring job: {counts['read']} posts read, {counts['scored']} scored, "
+          f"{sum(counts['dead_lettered'].values())} dead-lettered -> {scoring['output']}")
+
+    print(f"[5/5] brandlens query --scores {scoring['output']}")
+    print(query(QueryConfig(scoring["output"], tuple(SUMMARIES), None, 3, "table")))
+    summary = {"bottlenecks": str(work / "bottlenecks" / "summary.json"), "model_card": str(work / "model" / "model_card.json"),
+               "scoring_summary": f"{work}/archive/runs/{scoring['run_key']}/summary.json"}
+    print(f"\nlineage: {json.dumps(summary)}")
+    print(f"done in {time.time() - start:.0f} s")
     return 0

@@ -19,7 +19,7 @@ SUMMARIES = {
     ),
     "top-per-brand": (
         "The most confident posts per brand",
-        "SELECT label, rank, post_id, image_uri, round(confidence, 5) AS confidence FROM ("
+        "SELECT label, rank, post_id, image_uri, CAST(round(confidence, 5) AS DECIMAL(9, 5)) AS confidence FROM ("
         " SELECT *, row_number() OVER (PARTITION BY label ORDER BY confidence DESC, post_id) AS rank"
         " FROM scores WHERE brand_found) WHERE rank <= {top} ORDER BY label, rank",
     ),

@@ -1,7 +1,9 @@
 """Beam runner settings as a typed config, turned into PipelineOptions in one place.
 
-The DirectRunner is named explicitly: Beam 2.77 otherwise picks Prism, which it
-tries to download. Any other Beam flag (``--project``, ``--region``,
+``DirectRunner`` (the default) runs on Beam's in-process batch engine, the
+FnApiRunner, named explicitly: Beam 2.77's DirectRunner would first try to
+download and start the Prism runner binary, which fails offline and, online,
+would run our jobs on another engine than the one tested here. Any other Beam flag (``--project``, ``--region``,
 ``--setup_file`` for Dataflow) passes through unchanged with ``--beam-arg``.
 """
 
@@ -42,7 +44,8 @@ class RunnerConfig:
     def flags(self) -> list[str]:
         flags = [f"--runner={self.runner}"]
         if self.runner == DIRECT_RUNNER:
-            flags += [f"--direct_num_workers={self.direct_num_workers}", f"--direct_running_mode={self.direct_running_mode}"]
+            flags = ["--runner=FnApiRunner", f"--direct_num_workers={self.direct_num_workers}",
+                     f"--direct_running_mode={self.direct_running_mode}"]
         if self.temp_location:
             flags.append(f"--temp_location={self.temp_location}")
         return flags + list(self.extra_args)
