@@ -296,7 +296,7 @@ def test_cache_entries_round_trip():
 
 
 def test_runner_flags():
-    assert RunnerConfig().flags() == ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
+    assert RunnerConfig().flags() == ["--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
     flags = RunnerConfig("DataflowRunner", temp_location="gs://b/tmp", extra_args=("--project=p",)).flags()
     assert flags == ["--runner=DataflowRunner", "--temp_location=gs://b/tmp", "--project=p"]
 
