@@ -297,8 +297,9 @@ def test_cache_entries_round_trip():
 
 def test_runner_flags():
     assert RunnerConfig().flags() == ["--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
-    flags = RunnerConfig("DataflowRunner", temp_location="gs://b/tmp", extra_args=("--project=p",)).flags()
-    assert flags == ["--runner=DataflowRunner", "--temp_location=gs://b/tmp", "--project=p"]
+    flags = RunnerConfig("DataflowRunner", temp_location="gs://b/tmp", project="p", region="r",
+                         extra_args=("--setup_file=./setup.py",)).flags()
+    assert flags == ["--runner=DataflowRunner", "--temp_location=gs://b/tmp", "--project=p", "--region=r", "--setup_file=./setup.py"]
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,19 +1,32 @@
-"""Beam runner settings as a typed config, turned into PipelineOptions in one place.
+"""Beam runner presets as a typed config, turned into PipelineOptions in one place.
 
-``DirectRunner`` (the default) runs on Beam's in-process batch engine, the
-FnApiRunner, named explicitly: Beam 2.77's DirectRunner would first try to
-download and start the Prism runner binary, which fails offline and, online,
-would run our jobs on another engine than the one tested here. Any other Beam flag (``--project``, ``--region``,
-``--setup_file`` for Dataflow) passes through unchanged with ``--beam-arg``.
+Presets: ``DirectRunner`` (default), ``PortableRunner`` (a job service such as
+Beam's local one, the path Flink also takes), ``FlinkRunner`` and
+``DataflowRunner``. Each has its own flags, checked before anything runs; any
+other Beam flag passes through unchanged with ``--beam-arg``.
+
+``DirectRunner`` runs on Beam's in-process batch engine, the FnApiRunner, named
+explicitly: Beam 2.77's DirectRunner would first try to download and start the
+Prism runner binary, which fails offline and, online, would run the jobs on
+another engine than the one tested here.
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
+
+from brandlens.errors import ConfigError
 
 DIRECT_RUNNER = "DirectRunner"
+PORTABLE_RUNNER = "PortableRunner"
+FLINK_RUNNER = "FlinkRunner"
+DATAFLOW_RUNNER = "DataflowRunner"
+RUNNERS = (DIRECT_RUNNER, PORTABLE_RUNNER, FLINK_RUNNER, DATAFLOW_RUNNER)
 RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
+ENVIRONMENT_TYPES = ("LOOPBACK", "DOCKER", "PROCESS", "EXTERNAL")
+SETUP_FILE = Path(__file__).resolve().parents[2] / "setup.py"
 
 
 @dataclass(frozen=True)
@@ -23,31 +36,92 @@ class RunnerConfig:
     direct_running_mode: str = "in_memory"
     temp_location: str | None = None
     extra_args: tuple[str, ...] = ()
+    job_endpoint: str | None = None
+    environment_type: str | None = None
+    environment_config: str | None = None
+    flink_master: str | None = None
+    parallelism: int | None = None
+    project: str | None = None
+    region: str | None = None
+    staging_location: str | None = None
+    machine_type: str | None = None
+    max_workers: int | None = None
+    sdk_container_image: str | None = None
+    job_name: str | None = None
+
+    def __post_init__(self):
+        if self.runner not in RUNNERS:
+            raise ConfigError(f"unknown runner {self.runner!r}; choose one of {', '.join(RUNNERS)}")
+        if self.direct_running_mode not in RUNNING_MODES:
+            raise ConfigError(f"unknown direct running mode {self.direct_running_mode!r}")
+        if self.runner == PORTABLE_RUNNER and not self.job_endpoint:
+            raise ConfigError("PortableRunner needs --job-endpoint (e.g. localhost:8099 of Beam's local job service)")
+        if self.runner == DATAFLOW_RUNNER:
+            missing = [flag for flag, value in (("--project", self.project), ("--region", self.region),
+                                                 ("--temp-location", self.temp_location)) if not value]
+            if missing:
+                raise ConfigError(f"DataflowRunner needs {', '.join(missing)}")
+            if not self.temp_location.startswith("gs://"):
+                raise ConfigError(f"DataflowRunner needs a gs:// --temp-location, got {self.temp_location}")
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("beam runner")
-        group.add_argument("--runner", default=DIRECT_RUNNER, help="Beam runner (default %(default)s; e.g. DataflowRunner)")
+        group.add_argument("--runner", default=DIRECT_RUNNER, choices=RUNNERS, help="Beam runner (default %(default)s)")
         group.add_argument("--direct-num-workers", "--direct_num_workers", dest="direct_num_workers", type=int, default=1,
-                           help="DirectRunner parallelism (default %(default)s; 0 = one per CPU)")
+                           help="DirectRunner: parallel workers (default %(default)s; 0 = one per CPU)")
         group.add_argument("--direct-running-mode", "--direct_running_mode", dest="direct_running_mode",
-                           choices=RUNNING_MODES, default="in_memory", help="DirectRunner mode (default %(default)s)")
-        group.add_argument("--temp-location", default=None, help="Beam temp location (needed by Dataflow, e.g. gs://bucket/tmp)")
+                           choices=RUNNING_MODES, default="in_memory",
+                           help="DirectRunner: in_memory, multi_threading or multi_processing (default %(default)s)")
+        group.add_argument("--temp-location", default=None, help="Beam temp location (Dataflow: gs://bucket/tmp)")
+        group.add_argument("--job-endpoint", default=None, help="PortableRunner: job service address, e.g. localhost:8099")
+        group.add_argument("--environment-type", choices=ENVIRONMENT_TYPES, default=None,
+                           help="Portable/Flink: how SDK workers start (LOOPBACK: in this process; DOCKER: the worker image)")
+        group.add_argument("--environment-config", default=None, help="Portable/Flink: e.g. the worker image for DOCKER")
+        group.add_argument("--flink-master", default=None, help="FlinkRunner: host:port of the Flink JobManager ([auto] = local)")
+        group.add_argument("--parallelism", type=int, default=None, help="FlinkRunner: parallelism")
+        group.add_argument("--project", default=None, help="DataflowRunner: GCP project")
+        group.add_argument("--region", default=None, help="DataflowRunner: region, e.g. europe-west1")
+        group.add_argument("--staging-location", default=None, help="DataflowRunner: gs:// staging folder (default: temp)")
+        group.add_argument("--machine-type", default=None, help="DataflowRunner: worker machine type, e.g. n2-standard-4")
+        group.add_argument("--max-workers", type=int, default=None, help="DataflowRunner: autoscaling limit")
+        group.add_argument("--sdk-container-image", default=None,
+                           help="Dataflow/Flink/Portable: worker image (see Dockerfile); without it Dataflow installs "
+                                "this package on each worker from setup.py")
+        group.add_argument("--job-name", default=None, help="Dataflow/Flink: job name")
         group.add_argument("--beam-arg", dest="beam_args", action="append", default=[], metavar="FLAG",
                            help="any other Beam pipeline flag, passed through; repeat as needed, "
-                                "e.g. --beam-arg=--project=my-project --beam-arg=--region=europe-west1")
+                                "e.g. --beam-arg=--network=my-vpc")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunnerConfig":
-        return cls(args.runner, args.direct_num_workers, args.direct_running_mode, args.temp_location, tuple(args.beam_args))
+        return cls(args.runner, args.direct_num_workers, args.direct_running_mode, args.temp_location, tuple(args.beam_args),
+                   args.job_endpoint, args.environment_type, args.environment_config, args.flink_master, args.parallelism,
+                   args.project, args.region, args.staging_location, args.machine_type, args.max_workers,
+                   args.sdk_container_image, args.job_name)
+
+    @property
+    def is_local(self) -> bool:
+        """Workers share this machine's files (local paths are fine for inputs and outputs)."""
+        return self.runner == DIRECT_RUNNER or (self.runner == PORTABLE_RUNNER and self.environment_type == "LOOPBACK")
 
     def flags(self) -> list[str]:
-        flags = [f"--runner={self.runner}"]
         if self.runner == DIRECT_RUNNER:
             flags = ["--runner=FnApiRunner", f"--direct_num_workers={self.direct_num_workers}",
                      f"--direct_running_mode={self.direct_running_mode}"]
-        if self.temp_location:
-            flags.append(f"--temp_location={self.temp_location}")
+        else:
+            flags = [f"--runner={self.runner}"]
+        optional = {
+            "temp_location": self.temp_location, "job_endpoint": self.job_endpoint,
+            "environment_type": self.environment_type, "environment_config": self.environment_config,
+            "flink_master": self.flink_master, "parallelism": self.parallelism, "project": self.project,
+            "region": self.region, "staging_location": self.staging_location, "machine_type": self.machine_type,
+            "max_num_workers": self.max_workers, "sdk_container_image": self.sdk_container_image, "job_name": self.job_name,
+        }
+        flags += [f"--{name}={value}" for name, value in optional.items() if value is not None]
+        if self.runner in (DATAFLOW_RUNNER, FLINK_RUNNER) and not self.sdk_container_image and SETUP_FILE.is_file() \
+                and not any(a.startswith("--setup_file") for a in self.extra_args):
+            flags.append(f"--setup_file={SETUP_FILE}")
         return flags + list(self.extra_args)
 
     def pipeline_options(self):
