@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from brandlens import fileio
@@ -39,3 +41,41 @@ def test_materialize_publishes_to_gcs(gcs_bucket, lite0_artifact, tmp_path, monk
     assert uri == f"{gcs_bucket}/published/{lite0_artifact.name}"
     assert read_fingerprint(uri).version == read_fingerprint(lite0_artifact).version
     assert materialize("efficientnet_lite0", f"{gcs_bucket}/published") == uri
+
+
+def test_jobs_end_to_end_on_gcs(gcs_bucket, sample_bottlenecks, sample_model, artifact_root, tmp_path, monkeypatch):
+    """Bottleneck and scoring jobs with input, output, cache and model on the GCS emulator."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from beam_jobs.bottlenecks.config import BottleneckConfig
+    from beam_jobs.bottlenecks.job import run as run_bottlenecks
+    from beam_jobs.scoring.config import OutputConfig, ScoringConfig
+    from beam_jobs.scoring.job import run as run_scoring
+    from brandlens.config import BackboneConfig
+
+    monkeypatch.setenv("BRANDLENS_CACHE", str(tmp_path / "localized"))
+    sample = sample_bottlenecks.parent / "sample"
+    root = f"{gcs_bucket}/e2e"
+    fileio.upload_dir(sample / "images", f"{root}/archive/images")
+    for name in ("manifest-with-splits.csv", "posts.csv"):
+        fileio.write_bytes(f"{root}/archive/{name}", (sample / name).read_bytes())
+
+    summary = run_bottlenecks(BottleneckConfig(input=f"{root}/archive/manifest-with-splits.csv", output=f"{root}/bottlenecks",
+                                               cache=f"{root}/cache", augment=1,
+                                               backbone=BackboneConfig("efficientnet_lite0", artifact_root)))
+    local = json.loads((sample_bottlenecks / "summary.json").read_text())
+    assert summary["reconciliation"]["ok"] and summary["counts"]["examples"] == local["counts"]["examples"]
+    assert summary["vocabulary"] == local["vocabulary"]
+    written = fileio.list_files(f"{root}/bottlenecks")
+    assert any("/transform/transform_fn/saved_model.pb" in p for p in written)
+    assert any("/transformed/test-" in p for p in written) and any("/examples/train-" in p for p in written)
+    assert json.loads(fileio.read_text(f"{root}/bottlenecks/summary.json"))["status"] == "ok"
+
+    model = fileio.upload_dir(sample_model, f"{root}/models/sample", last=("model_card.json",))
+    scoring = run_scoring(ScoringConfig(input=f"{root}/archive/posts.csv", model=model,
+                                        out=OutputConfig(f"{root}/scored", rows_per_file=50)))
+    assert scoring["reconciliation"]["ok"] and scoring["counts"]["scored"] == 60
+    parquet = [p for p in fileio.list_files(f"{root}/scored/scores") if p.endswith(".parquet")]
+    assert sum(pq.read_table(io.BytesIO(fileio.read_bytes(p))).num_rows for p in parquet) == 60

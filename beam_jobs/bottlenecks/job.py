@@ -13,7 +13,10 @@ import dataclasses
 import datetime as dt
 import logging
 import secrets
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -22,7 +25,7 @@ from beam_jobs.bottlenecks.config import NAMESPACE, BottleneckConfig
 from beam_jobs.bottlenecks.pipeline import CACHE_HITS, CNN_IMAGES, EXAMPLES, build_pipeline
 from beam_jobs.bottlenecks.transform_pipeline import build_transform_pipeline
 from beam_jobs.common.accounting import DEAD_LETTERED, READ, WRITTEN, nest_counts, query_counters, reconcile, total, write_json
-from brandlens import __version__
+from brandlens import __version__, fileio
 from brandlens.backbones.artifact import read_fingerprint
 from brandlens.errors import BrandlensError, ConfigError
 from schemas import layout
@@ -87,21 +90,38 @@ def _run_embedding(config: BottleneckConfig, artifact_dir: str, fingerprint, run
     return query_counters(result, NAMESPACE)
 
 
-def _run_transform(config: BottleneckConfig, embedding_dim: int, run_id: str) -> None:
-    temp_dir = f"{config.output}/.tft-tmp-{run_id}"
+def _run_transform(config: BottleneckConfig, embedding_dim: int, run_id: str) -> str:
+    """Run the TFT pipeline; returns a folder holding the TFTransformOutput that this process can read.
+
+    TensorFlow writes the transform and TFT's temporary files with its own file
+    I/O, which does not reach a GCS emulator or other FileSystems-only stores.
+    When this machine runs the workers (DirectRunner, portable LOOPBACK) and the
+    output is remote, those go to a local folder and the transform is then
+    published through Beam's FileSystems; distributed runners write them in place.
+    """
+    local = config.runner.is_local and fileio.is_remote(config.output)
+    scratch = tempfile.mkdtemp(prefix="brandlens-tft-") if local else None
+    temp_dir = f"{scratch}/tmp" if local else f"{config.output}/.tft-tmp-{run_id}"
+    transform_dir = f"{scratch}/{layout.TRANSFORM}" if local else f"{config.output}/{layout.TRANSFORM}"
     try:
         pipeline = beam.Pipeline(options=config.runner.pipeline_options())
-        build_transform_pipeline(pipeline, config.output, embedding_dim, temp_dir, config.num_shards)
+        build_transform_pipeline(pipeline, config.output, embedding_dim, temp_dir, config.num_shards, transform_dir)
         pipeline.run().wait_until_finish()
+        if local:
+            fileio.upload_dir(transform_dir, f"{config.output}/{layout.TRANSFORM}")
     finally:
-        _delete_quietly(temp_dir)
+        if local:
+            shutil.rmtree(f"{scratch}/tmp", ignore_errors=True)
+        else:
+            _delete_quietly(temp_dir)
+    return transform_dir
 
 
-def _vocabulary(output: str) -> list[str]:
+def _vocabulary(transform_dir: str) -> list[str]:
     import tensorflow_transform as tft
 
     return [v.decode() if isinstance(v, bytes) else v
-            for v in tft.TFTransformOutput(f"{output}/{layout.TRANSFORM}").vocabulary_by_name(LABEL_VOCABULARY)]
+            for v in tft.TFTransformOutput(transform_dir).vocabulary_by_name(LABEL_VOCABULARY)]
 
 
 def summarise(counters: dict[str, int]) -> tuple[dict, dict, dict]:
@@ -155,8 +175,10 @@ def run(config: BottleneckConfig) -> dict:
                 f"no training examples: {counts[READ]} records read, {total(counts[DEAD_LETTERED])} dead-lettered "
                 f"({', '.join(f'{k}: {v}' for k, v in counts[DEAD_LETTERED].items()) or 'none'}), "
                 f"{total(counts[WRITTEN])} written to other splits; see {config.output}/{layout.DEAD_LETTERS}/")
-        _run_transform(config, fingerprint.embedding_dim, run_id)
-        summary["vocabulary"] = _vocabulary(config.output)
+        transform_dir = _run_transform(config, fingerprint.embedding_dim, run_id)
+        summary["vocabulary"] = _vocabulary(transform_dir)
+        if fileio.is_remote(config.output) and not fileio.is_remote(transform_dir):
+            shutil.rmtree(Path(transform_dir).parent, ignore_errors=True)
         summary["status"] = "ok"
     except BaseException as exc:
         summary["status"] = f"failed: {exc}"

@@ -36,8 +36,13 @@ class _EncodeExamples(beam.DoFn):
         yield from self._encoder.encode(record_batch)
 
 
-def build_transform_pipeline(pipeline, output: str, embedding_dim: int, temp_dir: str, num_shards: int = 0) -> None:
-    """Add the analyse/transform steps; the caller runs the pipeline (inside a function: see module notes)."""
+def build_transform_pipeline(pipeline, output: str, embedding_dim: int, temp_dir: str, num_shards: int = 0,
+                             transform_dir: str | None = None) -> None:
+    """Add the analyse/transform steps; the caller runs the pipeline (inside a function: see module notes).
+
+    ``temp_dir`` and ``transform_dir`` (default ``<output>/transform``) are written with TensorFlow's
+    own file I/O; everything else goes through Beam's FileSystems.
+    """
     import tensorflow_transform.beam as tft_beam
 
     raw_schema = schema.raw_schema(embedding_dim)
@@ -47,7 +52,7 @@ def build_transform_pipeline(pipeline, output: str, embedding_dim: int, temp_dir
             (pipeline | "ReadTrainForAnalysis" >> train.BeamSource(), train.TensorAdapterConfig())
             | "AnalyzeTrain" >> tft_beam.AnalyzeDataset(preprocessing_fn)
         )
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(f"{output}/{layout.TRANSFORM}")
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(transform_dir or f"{output}/{layout.TRANSFORM}")
         for split in schema.SPLITS:
             source = _source(output, split, raw_schema)
             name = split.title()
