@@ -25,6 +25,7 @@ from beam_jobs.bottlenecks.config import NAMESPACE, BottleneckConfig
 from beam_jobs.bottlenecks.pipeline import CACHE_HITS, CNN_IMAGES, EXAMPLES, build_pipeline
 from beam_jobs.bottlenecks.transform_pipeline import build_transform_pipeline
 from beam_jobs.common.accounting import DEAD_LETTERED, READ, WRITTEN, nest_counts, query_counters, reconcile, total, write_json
+from beam_jobs.common.inputs import infer_base_uri
 from brandlens import __version__, fileio
 from brandlens.backbones.artifact import read_fingerprint
 from brandlens.errors import BrandlensError, ConfigError
@@ -140,6 +141,10 @@ def run(config: BottleneckConfig) -> dict:
     """Run the whole job; returns the summary (also written to ``<output>/summary.json``)."""
     started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc)
     files = config.input_spec.check()
+    base_uri = infer_base_uri(config.input_spec)
+    if base_uri != config.base_uri:
+        log.info("relative uris of %s resolve against %s (where its first uri exists)", config.input, base_uri)
+        config = dataclasses.replace(config, base_uri=base_uri)
     prepare_output(config.output, config.overwrite)
     artifact_dir = str(config.backbone.materialize())
     fingerprint = read_fingerprint(artifact_dir)

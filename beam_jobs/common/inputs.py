@@ -76,3 +76,37 @@ class InputSpec:
         if not matched:
             raise ConfigError(f"input {self.path} ({self.resolved_format}) matches no files")
         return len(matched)
+
+
+def infer_base_uri(spec: InputSpec, max_levels: int = 3) -> str | None:
+    """The folder a manifest's relative uris resolve against, found once from its first row.
+
+    ``--base-uri`` wins; otherwise the manifest's own folder, or the nearest of
+    its ancestors (up to ``max_levels`` up) under which the first relative uri
+    exists, so that a manifest kept in a ``manifests/`` folder beside the images
+    works as is. One existence check per level, on the driver, not per row.
+    """
+    if spec.base_uri or spec.resolved_format != FORMAT_MANIFEST:
+        return spec.base_uri
+    from apache_beam.io.filesystems import FileSystems
+
+    from beam_jobs.common.sources import is_absolute, manifest_rows
+
+    matched = sorted(m.path for m in FileSystems.match([spec.pattern])[0].metadata_list)
+    if not matched:
+        return None
+    with FileSystems.open(matched[0]) as f:
+        first = next((row for _, row in manifest_rows(f, manifest_kind(matched[0]) or "csv")
+                      if isinstance(row, dict) and row.get(spec.uri_column)), None)
+    uri = str(first[spec.uri_column]).strip() if first else ""
+    if not uri or is_absolute(uri):
+        return None
+    folder = FileSystems.split(matched[0])[0]
+    for level in range(max_levels + 1):
+        if FileSystems.exists(FileSystems.join(folder, uri)):
+            return None if level == 0 else folder
+        parent = FileSystems.split(folder.rstrip("/"))[0]
+        if not parent or parent == folder:
+            break
+        folder = parent
+    return None
