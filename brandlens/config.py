@@ -9,6 +9,9 @@ from pathlib import Path
 
 from brandlens.backbones import ALL_BACKBONES, DEFAULT_BACKBONE
 
+RESIZE_MODES = ("center_crop", "squash", "pad")  # brandlens.preprocess.RESIZE_MODES (kept free of TensorFlow here)
+DEFAULT_RESIZE_MODE = "center_crop"
+
 
 def default_artifact_root() -> Path:
     """Where materialised backbones live; shared by runs so each is built once."""
@@ -18,27 +21,31 @@ def default_artifact_root() -> Path:
 @dataclass(frozen=True)
 class BackboneConfig:
     name: str = DEFAULT_BACKBONE
-    artifact_root: Path = default_artifact_root()
+    artifact_root: Path | str = default_artifact_root()  # a gs:// root publishes artifacts for remote workers
     weights_file: str | None = None
     crop_fraction: float | None = None
+    resize_mode: str | None = None  # None: brandlens.preprocess.DEFAULT_RESIZE_MODE
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("backbone")
         group.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=ALL_BACKBONES,
                            help="pretrained CNN (default %(default)s; the efficientnet_lite* ones work offline)")
-        group.add_argument("--artifacts", type=Path, default=default_artifact_root(),
+        group.add_argument("--artifacts", default=str(default_artifact_root()),
                            help="folder of materialised backbone artifacts (default %(default)s, or $BRANDLENS_ARTIFACTS)")
         group.add_argument("--weights-file", default=None,
                            help="local ImageNet weights (.h5) for inception_v3 / vgg16 when offline")
         group.add_argument("--crop-fraction", type=float, default=None,
-                           help="central crop of the shorter side before resizing (default: input/(input+32))")
+                           help="central crop before resizing (default: input/(input+32) for center_crop, 1.0 otherwise)")
+        group.add_argument("--resize-mode", default=None, choices=RESIZE_MODES,
+                           help="how an image becomes the square input: center_crop (EfficientNet's evaluation crop), "
+                                f"squash (whole image, aspect not kept) or pad (to a grey square); default {DEFAULT_RESIZE_MODE}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "BackboneConfig":
-        return cls(args.backbone, args.artifacts, args.weights_file, args.crop_fraction)
+        return cls(args.backbone, args.artifacts, args.weights_file, args.crop_fraction, getattr(args, "resize_mode", None))
 
     def materialize(self) -> Path:
         from brandlens.backbones.artifact import materialize
 
-        return materialize(self.name, self.artifact_root, self.weights_file, self.crop_fraction)
+        return materialize(self.name, self.artifact_root, self.weights_file, self.crop_fraction, self.resize_mode)

@@ -38,6 +38,7 @@ class HParams:
     patience: int = 10
     eval_every: int = 20
     seed: int = 0
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -52,6 +53,8 @@ class HParams:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.l2 < 0:
             raise ConfigError(f"l2 must be >= 0, got {self.l2}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         parse_class_weights(self.class_weights)
 
     def replace(self, **changes) -> "HParams":
@@ -78,11 +81,14 @@ class HParams:
                        help="early stopping: validation checks without a lower cross-entropy (0: off; default %(default)s)")
         g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between validation checks (default %(default)s)")
         g.add_argument("--seed", type=int, default=d.seed, help="makes a run repeatable (default %(default)s)")
+        g.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+                       help="share of the target spread over all classes (default %(default)s)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "HParams":
         return cls(args.learning_rate, args.optimizer, args.steps, args.epochs, args.batch_size, args.dropout,
-                   args.l2, args.class_weights, args.patience, args.eval_every, args.seed)
+                   args.l2, args.class_weights, args.patience, args.eval_every, args.seed,
+                   getattr(args, "label_smoothing", 0.0))
 
 
 def parse_class_weights(spec: str) -> str | dict[str, float]:

@@ -182,7 +182,10 @@ def load_bottlenecks(root: str | Path, neither_label: str = "neither") -> Bottle
     for split, (t, r) in columns.items():
         if t is None or len(t[bn.LABEL]) == 0:
             raise DataError(f"{root} has no {split} examples; training needs train, validation and test splits")
-        splits[split] = _align(split, t, r, index, fingerprint)
+        aligned = _align(split, t, r, index, fingerprint)
+        # Beam writes rows in no fixed order; sorting makes a rerun of the same bottlenecks train the same weights.
+        splits[split] = aligned.select(np.lexsort((aligned.uri.astype(str), aligned.variant.astype(str),
+                                                   aligned.content_hash.astype(str))))
     for split in ("validation", "test"):
         splits[split] = splits[split].select(splits[split].variant == bn.ORIGINAL_VARIANT)
         if len(splits[split]) == 0:

@@ -68,7 +68,7 @@ def _modules(weights, scale, shift, labels, neither_index, threshold, version_id
     head = Head()
     if backbone_dir is None:
         return head, None
-    size, crop = fingerprint.input_size, fingerprint.crop_fraction
+    size, crop, resize_mode = fingerprint.input_size, fingerprint.crop_fraction, fingerprint.resize_mode
 
     class Serving(tf.Module):
         def __init__(self):
@@ -88,7 +88,7 @@ def _modules(weights, scale, shift, labels, neither_index, threshold, version_id
                     tf.io.is_jpeg(data),
                     lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
                     lambda: tf.ensure_shape(tf.io.decode_image(data, channels=3, expand_animations=False), [None, None, 3]))
-                return crop_and_resize(image, size, crop)
+                return crop_and_resize(image, size, crop, resize_mode)
 
             images = tf.map_fn(prepare, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
             return self.score_images(images)

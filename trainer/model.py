@@ -41,16 +41,28 @@ def predict_scores(weights: HeadWeights, x: np.ndarray) -> np.ndarray:
 
 
 def loss_and_gradients(weights: HeadWeights, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray,
-                       l2: float) -> tuple[float, HeadWeights]:
-    """Weighted mean cross-entropy plus ``0.5 * l2 * ||kernel||^2``, and its gradient."""
+                       l2: float, label_smoothing: float = 0.0) -> tuple[float, HeadWeights]:
+    """Weighted mean cross-entropy plus ``0.5 * l2 * ||kernel||^2``, and its gradient.
+
+    With ``label_smoothing`` e the target is ``(1 - e)`` on the true class plus ``e / C`` on every class.
+    """
     logits = x @ weights.kernel + weights.bias
     p = softmax(logits)
     n = len(y)
     rows = np.arange(n)
-    loss = float(np.sum(sample_weight * -np.log(np.maximum(p[rows, y], 1e-300))) / n)
+    log_p = np.log(np.maximum(p, 1e-300))
+    if label_smoothing:
+        per_row = -(1.0 - label_smoothing) * log_p[rows, y] - label_smoothing * log_p.mean(axis=1)
+    else:
+        per_row = -log_p[rows, y]
+    loss = float(np.sum(sample_weight * per_row) / n)
     loss += 0.5 * l2 * float(np.sum(weights.kernel ** 2))
     delta = p
-    delta[rows, y] -= 1.0
+    if label_smoothing:
+        delta[rows, y] -= 1.0 - label_smoothing
+        delta -= label_smoothing / p.shape[1]
+    else:
+        delta[rows, y] -= 1.0
     delta *= sample_weight[:, None] / n
     return loss, HeadWeights(x.T @ delta + l2 * weights.kernel, delta.sum(axis=0))
 

@@ -56,6 +56,7 @@ def predict(model_dir: Path, paths: list[Path], batch_size: int = 32) -> list[Pr
 
     card = read_model_card(model_dir)
     size, crop = card["backbone"]["input_size"], card["backbone"]["crop_fraction"]
+    resize_mode = card["backbone"].get("resize_mode", "center_crop")
     score = tf.saved_model.load(str(Path(model_dir) / contract.SERVING_DIR)).signatures[contract.SIG_IMAGES]
     labels = card["labels"]
     results: list[Prediction] = []
@@ -72,7 +73,7 @@ def predict(model_dir: Path, paths: list[Path], batch_size: int = 32) -> list[Pr
 
     for path in find_images(paths):
         try:
-            pending.append((path, prepare(decode_image(path.read_bytes()), size, crop)))
+            pending.append((path, prepare(decode_image(path.read_bytes()), size, crop, resize_mode)))
         except (ImageDecodeError, OSError) as exc:
             flush()
             results.append(Prediction(str(path), None, (), str(exc)))

@@ -97,7 +97,7 @@ def fit(train: SplitData, validation: SplitData, labels: list[str], hp: HParams)
         xb = x[batch]
         if hp.dropout:
             xb = xb * (rng.random(xb.shape) >= hp.dropout) / (1.0 - hp.dropout)
-        _, grads = loss_and_gradients(weights, xb, train.y[batch], sample_weight[batch], hp.l2)
+        _, grads = loss_and_gradients(weights, xb, train.y[batch], sample_weight[batch], hp.l2, hp.label_smoothing)
         optimizer.apply(weights, grads)
         step += 1
         if step % hp.eval_every == 0 or step == max_steps:

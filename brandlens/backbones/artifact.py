@@ -24,12 +24,19 @@ import numpy as np
 from brandlens import __version__, fileio
 from brandlens.backbones import ALL_BACKBONES, OFFLINE_BACKBONES
 from brandlens.errors import ArtifactError, ConfigError
-from brandlens.preprocess import default_crop_fraction, prepare
+from brandlens.preprocess import DEFAULT_RESIZE_MODE, RESIZE_MODES, default_crop_fraction, prepare
 
 FORMAT_VERSION = 1
 FINGERPRINT_FILE = "fingerprint.json"
 SAVED_MODEL_DIR = "saved_model"
 RESIZE_METHOD = "central square of crop_fraction x the shorter side, bilinear antialiased resize to input_size (brandlens.preprocess)"
+RESIZE_METHODS = {
+    "center_crop": RESIZE_METHOD,
+    "squash": "central crop_fraction of each side, bilinear antialiased resize to input_size x input_size, "
+              "aspect ratio not kept (brandlens.preprocess)",
+    "pad": "padded to a square with grey 127, central crop_fraction of it, bilinear antialiased resize to input_size "
+           "(brandlens.preprocess)",
+}
 
 
 @dataclass(frozen=True)
@@ -46,11 +53,13 @@ class BackboneFingerprint:
     weights_source: str
     format_version: int = FORMAT_VERSION
     created_by: str = f"brandlens {__version__}"
+    resize_mode: str = DEFAULT_RESIZE_MODE  # brandlens.preprocess.RESIZE_MODES; absent in older fingerprints
 
     @property
     def version(self) -> str:
-        """Short id that outputs cite, e.g. ``efficientnet_lite2@9656183eaeaf-c0.89``."""
-        return f"{self.name}@{self.weights_sha256[:12]}-c{self.crop_fraction:g}"
+        """Short id that outputs cite, e.g. ``efficientnet_lite2@9656183eaeaf-c0.89`` (``-c1-squash`` for other modes)."""
+        mode = "" if self.resize_mode == DEFAULT_RESIZE_MODE else f"-{self.resize_mode}"
+        return f"{self.name}@{self.weights_sha256[:12]}-c{self.crop_fraction:g}{mode}"
 
     @property
     def directory_name(self) -> str:
@@ -90,7 +99,8 @@ def _build_module(name: str, weights_file: str | None):
     return net, v.input_size, v.preprocessing, v.embedding_dim, weights_file, source
 
 
-def materialize(name: str, root: str | Path, weights_file: str | None = None, crop_fraction: float | None = None) -> Path | str:
+def materialize(name: str, root: str | Path, weights_file: str | None = None, crop_fraction: float | None = None,
+                resize_mode: str | None = None) -> Path | str:
     """Write the artifact for ``name`` under ``root`` (once) and return its directory.
 
     A remote ``root`` (gs://...) is where a distributed job's workers read it:
@@ -98,7 +108,7 @@ def materialize(name: str, root: str | Path, weights_file: str | None = None, cr
     """
     if fileio.is_remote(root):
         with tempfile.TemporaryDirectory() as local_root:
-            local = materialize(name, local_root, weights_file, crop_fraction)
+            local = materialize(name, local_root, weights_file, crop_fraction, resize_mode)
             target = fileio.join(root, local.name)
             if not fileio.exists(fileio.join(target, FINGERPRINT_FILE)):
                 fileio.upload_dir(local, target, last=(FINGERPRINT_FILE,))
@@ -107,6 +117,9 @@ def materialize(name: str, root: str | Path, weights_file: str | None = None, cr
 
     if name not in ALL_BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(ALL_BACKBONES)}")
+    resize_mode = resize_mode or DEFAULT_RESIZE_MODE
+    if resize_mode not in RESIZE_MODES:
+        raise ConfigError(f"unknown resize mode {resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
     net, size, preprocessing, dim, path, source = _build_module(name, weights_file)
     if path is not None:
         sha = _sha256_file(path)
@@ -116,10 +129,11 @@ def materialize(name: str, root: str | Path, weights_file: str | None = None, cr
             digest.update(np.ascontiguousarray(w.numpy()).tobytes())
         sha = digest.hexdigest()
     if crop_fraction is None:
-        crop_fraction = default_crop_fraction(size)
+        crop_fraction = default_crop_fraction(size, resize_mode)
     if not 0.0 < crop_fraction <= 1.0:
         raise ConfigError(f"crop fraction must be in (0, 1], got {crop_fraction}")
-    fingerprint = BackboneFingerprint(name, size, preprocessing, RESIZE_METHOD, round(crop_fraction, 6), dim, sha, source)
+    fingerprint = BackboneFingerprint(name, size, preprocessing, RESIZE_METHODS[resize_mode], round(crop_fraction, 6), dim, sha,
+                                      source, resize_mode=resize_mode)
     target = Path(root) / fingerprint.directory_name
     if (target / FINGERPRINT_FILE).is_file():
         return target
@@ -183,7 +197,7 @@ class Backbone:
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """One decoded HxWx3 uint8 image -> float32 SxSx3 in [0, 255], as the fingerprint says."""
-        return prepare(rgb, self.input_size, self.fingerprint.crop_fraction)
+        return prepare(rgb, self.input_size, self.fingerprint.crop_fraction, self.fingerprint.resize_mode)
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Resized float32 [N, S, S, 3] images -> {'embedding': [N, D], 'logits': [N, 1000]}."""
