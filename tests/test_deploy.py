@@ -59,6 +59,8 @@ def test_brandlens_steps_are_real_commands_with_valid_settings(build):
     for step in steps:
         argv = [_substitute(a, values) for a in step["args"]]
         args = build_parser().parse_args(argv)
+        parsed = {str(v) for v in vars(args).values()}
+        assert all(a in parsed for a in argv if a.startswith("gs://")), argv  # no gs:// mangled into a local Path
         if argv[0] in CONFIGS:
             module, cls = CONFIGS[argv[0]]
             getattr(importlib.import_module(module), cls).from_args(args)  # runs every config check

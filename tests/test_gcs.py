@@ -79,3 +79,28 @@ def test_jobs_end_to_end_on_gcs(gcs_bucket, sample_bottlenecks, sample_model, ar
     assert scoring["reconciliation"]["ok"] and scoring["counts"]["scored"] == 60
     parquet = [p for p in fileio.list_files(f"{root}/scored/scores") if p.endswith(".parquet")]
     assert sum(pq.read_table(io.BytesIO(fileio.read_bytes(p))).num_rows for p in parquet) == 60
+
+
+def test_trainer_reads_and_writes_gcs(gcs_bucket, sample_bottlenecks, artifact_root, tmp_path, monkeypatch):
+    """Bottlenecks and backbone artifacts on gs:// in, the export published to gs:// out, loadable by the scoring job."""
+    import json
+
+    from beam_jobs.scoring.model import ScoringModel
+    from brandlens.cli import main
+
+    monkeypatch.setenv("BRANDLENS_CACHE", str(tmp_path / "localized"))
+    root = f"{gcs_bucket}/trainer"
+    fileio.upload_dir(sample_bottlenecks, f"{root}/bottlenecks")
+    fingerprint = json.loads((sample_bottlenecks / "backbone.json").read_text())
+    name = fingerprint["version"].replace("@", "-")
+    fileio.upload_dir(artifact_root / name, f"{root}/artifacts/{name}")
+    argv = ["train", "--bottlenecks", f"{root}/bottlenecks", "--output", f"{root}/model", "--artifacts", f"{root}/artifacts",
+            "--steps", "100", "--verify-images", "2"]
+    assert main(argv) == 0
+    card = json.loads(fileio.read_text(f"{root}/model/model_card.json"))
+    assert card["backbone"]["version"] == fingerprint["version"]
+    published = fileio.list_files(f"{root}/model")
+    assert any(p.endswith("serving/saved_model.pb") for p in published) and any(p.endswith("metrics.json") for p in published)
+    model = ScoringModel(f"{root}/model")
+    assert model.card.version_id == card["version_id"]
+    assert model.score_embeddings(np.zeros((1, 1280), np.float32))["scores"].shape == (1, len(card["labels"]))

@@ -8,11 +8,14 @@ from pathlib import Path
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from trainer.config import TrainConfig
+    from trainer.staging import staged
     from trainer.train import run_training
 
-    metrics = run_training(TrainConfig.from_args(args))
+    output = args.output
+    with staged(args) as local:
+        metrics = run_training(TrainConfig.from_args(local))
     test = metrics["test"]
-    print(f"{args.output}: test accuracy {test['accuracy']:.4f}, cross-entropy {test['cross_entropy']:.4f} "
+    print(f"{output}: test accuracy {test['accuracy']:.4f}, cross-entropy {test['cross_entropy']:.4f} "
           f"({test['count']} images, {metrics['classification']}){', model ' + metrics['version_id'] if 'version_id' in metrics else ''}")
     return 0
 
@@ -20,9 +23,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from trainer.config import SearchConfig
     from trainer.search import TABLE_MD, run_search
+    from trainer.staging import staged
 
-    rows = run_search(SearchConfig.from_args(args))
-    print((args.output / TABLE_MD).read_text())
+    with staged(args) as local:
+        rows = run_search(SearchConfig.from_args(local))
+        print((local.output / TABLE_MD).read_text())
     best = rows[0]
     print(f"best on validation: {best['run']} (test accuracy {best['test_accuracy']:.4f}, "
           f"cross-entropy {best['test_cross_entropy']:.4f})")

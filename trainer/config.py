@@ -131,8 +131,8 @@ class TrainConfig:
     @staticmethod
     def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("data")
-        g.add_argument("--bottlenecks", type=Path, required=True, help="the bottleneck job's output folder")
-        g.add_argument("--artifacts", type=Path, default=default_artifact_root(),
+        g.add_argument("--bottlenecks", required=True, help="the bottleneck job's output folder (local or gs://)")
+        g.add_argument("--artifacts", default=str(default_artifact_root()),
                        help="folder of backbone artifacts; the one named in backbone.json is used (default %(default)s)")
         g.add_argument("--neither-label", default=DEFAULT_NEITHER,
                        help="the open-world class; open world iff the data has it (default %(default)s)")
@@ -144,7 +144,7 @@ class TrainConfig:
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--output", type=Path, required=True, help="folder for the model, metrics, plots and logs")
+        parser.add_argument("--output", required=True, help="folder for the model, metrics, plots and logs (local or gs://)")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
         parser.add_argument("--no-export", action="store_true", help="train and evaluate only")
         parser.add_argument("--verify-images", type=int, default=8,
@@ -154,7 +154,7 @@ class TrainConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
-        return cls(args.bottlenecks, args.output, HParams.from_args(args), args.artifacts, args.neither_label,
+        return cls(Path(args.bottlenecks), Path(args.output), HParams.from_args(args), Path(args.artifacts), args.neither_label,
                    args.target_precision, args.image_root, not args.no_export, args.verify_images, args.overwrite)
 
 
@@ -167,7 +167,7 @@ class SearchConfig:
 
     @staticmethod
     def add_arguments(parser) -> None:
-        parser.add_argument("--output", type=Path, required=True, help="folder for the tables and best/")
+        parser.add_argument("--output", required=True, help="folder for the tables and best/ (local or gs://)")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
         parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
                             help="values to try for a hyperparameter, e.g. --grid l2=0.1,0.01 --grid optimizer=sgd,adam "
@@ -182,6 +182,6 @@ class SearchConfig:
 
     @classmethod
     def from_args(cls, args) -> "SearchConfig":
-        train = TrainConfig(args.bottlenecks, args.output, HParams.from_args(args), args.artifacts, args.neither_label,
+        train = TrainConfig(Path(args.bottlenecks), Path(args.output), HParams.from_args(args), Path(args.artifacts), args.neither_label,
                             args.target_precision, args.image_root, not args.no_export, args.verify_images, args.overwrite)
         return cls(train, tuple(args.grid), args.random, args.select_by)

@@ -248,10 +248,9 @@ def read_bytes(location: str) -> bytes | None:
     """The image's bytes, or None when it cannot be read here (reports then say so)."""
     try:
         if "://" in location:
-            import tensorflow as tf
+            from brandlens import fileio
 
-            with tf.io.gfile.GFile(location, "rb") as f:
-                return f.read()
+            return fileio.read_bytes(location)
         return Path(location).read_bytes()
     except Exception:  # a report must not fail on one unreadable image
         return None
