@@ -67,3 +67,28 @@ def test_score_row_has_every_schema_column():
     arrow = schema.scores_schema(list(labels), ["caption"], True, 4)
     assert set(row) == set(arrow.names) | {schema.PARTITION}
     assert row[schema.BRAND_FOUND] is False and row["score_acme"] == 0.25 and row[schema.EMBEDDING] == [1.0] * 4
+
+
+def test_views_are_prepared_as_the_models_backbone_says():
+    """The whole image with the fingerprint's resize mode and crop; tiles whole (squash)."""
+    import io
+
+    from PIL import Image
+
+    from beam_jobs.common.records import ImageRecord
+    from beam_jobs.scoring.model import ModelCard
+    from beam_jobs.scoring.pipeline import Post, _DecodeAndPrepare
+    from brandlens.preprocess import prepare
+
+    rgb = np.random.default_rng(0).integers(0, 255, (90, 160, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    post = Post("p", "2026-11-29", ImageRecord("u", "p", {}, buf.getvalue()))
+    card = ModelCard("m", ("a", "neither"), "neither", None, {"version": "b", "input_size": 64, "crop_fraction": 1.0,
+                                                            "embedding_dim": 4, "resize_mode": "squash"})
+    assert ModelCard("m", (), None, None, {"version": "b"}).resize_mode == "center_crop"
+    (slim, prepared), = list(_DecodeAndPrepare(card.input_size, card.crop_fraction, card.resize_mode, 2, 10**8).process(post))
+    assert slim.record.data is None and len(slim.content_hash) == 64 and prepared.shape == (5, 64, 64, 3)
+    np.testing.assert_array_equal(prepared[0], prepare(rgb, 64, 1.0, "squash"))
+    top, left, bottom, right = tile_boxes(90, 160, 2)[0]
+    np.testing.assert_array_equal(prepared[1], prepare(rgb[top:bottom, left:right], 64, 1.0, "squash"))

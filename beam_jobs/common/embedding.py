@@ -17,6 +17,7 @@ from apache_beam.utils import shared
 
 from beam_jobs.common.accounting import Counters
 from beam_jobs.common.defaults import DEFAULT_BATCH_SIZE, DEFAULT_PROGRESS_INTERVAL_S
+from beam_jobs.common.images import prepare_image
 from beam_jobs.common.progress import progress
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ class _EmbedBatchDoFn(beam.DoFn):
         self._backbone = holder.backbone
 
     def _embed(self, batch):
-        prepared = np.stack([self._backbone.prepare(rgb) for _, rgb in batch])
+        fp = self._backbone.fingerprint
+        prepared = np.stack([prepare_image(rgb, fp.input_size, fp.crop_fraction, fp.resize_mode) for _, rgb in batch])
         return self._backbone.embed(prepared)
 
     def process(self, batch):

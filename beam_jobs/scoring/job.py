@@ -156,14 +156,34 @@ def _from_example(data: bytes, run_date: str):
     return [(meta, record.embedding)]
 
 
-def _from_parquet(item, carried: tuple[str, ...]):
+def _examples_batch(batch):
+    """A batch of :func:`_from_example` items -> (partition, meta table, float32 [N, D])."""
+    import numpy as np
+    import pyarrow as pa
+
+    metas = [meta for meta, _ in batch]
+    columns = {name: [m[name] for m in metas] for name in (schema.POST_ID, schema.IMAGE_URI, schema.CONTENT_HASH)}
+    for name in metas[0]["carried"]:
+        columns[name] = [m["carried"][name] for m in metas]
+    table = pa.table({name: pa.array(values, pa.string()) for name, values in columns.items()})
+    return metas[0]["dt"], table, np.stack([embedding for _, embedding in batch]).astype(np.float32, copy=False)
+
+
+def _partition_of_file(filename: str):
+    return next((part.split("=", 1)[1] for part in filename.split("/") if part.startswith(f"{schema.PARTITION}=")), None)
+
+
+def _parquet_batch(item):
+    """(file name, Arrow table of stored scores with embeddings) -> (partition, meta table, float32 [N, D])."""
     import numpy as np
 
-    filename, row = item
-    partition = next((part.split("=", 1)[1] for part in filename.split("/") if part.startswith(f"{schema.PARTITION}=")), None)
-    meta = {"post_id": row[schema.POST_ID], "image_uri": row[schema.IMAGE_URI], "content_hash": row[schema.CONTENT_HASH],
-            "dt": partition, "carried": {c: row.get(c) for c in carried}}
-    return meta, np.asarray(row[schema.EMBEDDING], np.float32)
+    filename, table = item
+    if table.num_rows == 0:
+        return []
+    column = table.column(schema.EMBEDDING)
+    values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    embeddings = np.asarray(values, np.float32).reshape(table.num_rows, -1)
+    return [(_partition_of_file(filename), table.drop_columns([schema.EMBEDDING]), embeddings)]
 
 
 def rescore(config: RescoreConfig) -> dict:
@@ -176,7 +196,9 @@ def rescore(config: RescoreConfig) -> dict:
     if examples:
         carried = (("source_label", "source_label"), ("source_split", "source_split"))
         embeddings = (pipeline | "ReadExamples" >> beam.io.ReadFromTFRecord(examples)
-                      | "Embeddings" >> beam.FlatMap(_from_example, scored_at.date().isoformat()))
+                      | "Embeddings" >> beam.FlatMap(_from_example, scored_at.date().isoformat())
+                      | "Batch" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
+                      | "ToTables" >> beam.Map(_examples_batch))
         source = examples
     else:
         source = f"{config.embeddings.rstrip('/')}/**/*.parquet"
@@ -191,9 +213,10 @@ def rescore(config: RescoreConfig) -> dict:
             raise ConfigError(f"{files[0].path} has no '{schema.EMBEDDING}' column: score with --write-embedding first")
         fixed = {fl.name for fl in schema.FIXED_FIELDS} | {schema.EMBEDDING}
         carried = tuple((n, n) for n in names if n not in fixed and not n.startswith("score_"))
+        columns = [schema.POST_ID, schema.IMAGE_URI, schema.CONTENT_HASH, schema.EMBEDDING] + [n for n, _ in carried]
         embeddings = (pipeline | "ParquetPattern" >> beam.Create([source])
-                      | "ReadParquet" >> beam.io.ReadAllFromParquet(with_filename=True)
-                      | "Embeddings" >> beam.Map(_from_parquet, tuple(n for n, _ in carried)))
+                      | "ReadParquet" >> beam.io.ReadAllFromParquetBatched(columns=columns, with_filename=True)
+                      | "Embeddings" >> beam.FlatMap(_parquet_batch))
     run_id = run_key("rescore", source, card.version_id)
     _clear(config.out.run_dir(run_id))
     build_rescore_pipeline(pipeline, config, card, embeddings, carried, run_id, scored_at)

@@ -39,6 +39,13 @@ class ModelCard:
         return float(self.backbone["crop_fraction"])
 
     @property
+    def resize_mode(self) -> str:
+        """How the backbone's input was made (fingerprints before resize modes: center_crop)."""
+        from brandlens.config import DEFAULT_RESIZE_MODE
+
+        return self.backbone.get("resize_mode", DEFAULT_RESIZE_MODE)
+
+    @property
     def embedding_dim(self) -> int:
         return int(self.backbone["embedding_dim"])
 

@@ -19,13 +19,13 @@ import numpy as np
 from apache_beam.utils import shared
 
 from beam_jobs.common.accounting import READ, CountAs, Counters, WriteDeadLetters
-from beam_jobs.common.images import FetchImageBytes, decode
+from beam_jobs.common.images import decode, prepare_image
 from beam_jobs.common.progress import LogProgress, progress
 from beam_jobs.common.records import DEAD_LETTER_TAG, STAGE_DECODE, STAGE_READ, ImageRecord
 from beam_jobs.common.sources import ReadImages
 from beam_jobs.scoring.config import NAMESPACE, RescoreConfig, ScoringConfig
 from beam_jobs.scoring.model import ModelCard, load_scoring_model
-from beam_jobs.scoring.parquet_sink import WriteScoresParquet
+from beam_jobs.scoring.parquet_sink import WriteScoresParquet, WriteScoresParquetBatched
 from beam_jobs.scoring.rows import BadPost, best_view, partition_of, post_id_of, score_row, views
 from brandlens.imaging import content_hash
 from schemas import scores as schema
@@ -73,18 +73,18 @@ def _one_per_post(item):
 
 
 class _DecodeAndPrepare(beam.DoFn):
-    def __init__(self, size: int, crop_fraction: float, grid: int, max_pixels: int):
-        self._size, self._crop, self._grid, self._max_pixels = size, crop_fraction, grid, max_pixels
+    def __init__(self, size: int, crop_fraction: float, resize_mode: str, grid: int, max_pixels: int):
+        self._size, self._crop, self._mode, self._grid, self._max_pixels = size, crop_fraction, resize_mode, grid, max_pixels
 
     def process(self, post: Post):
-        from brandlens.preprocess import prepare
-
         rgb = decode(post.record, self._max_pixels)
         if isinstance(rgb, DeadLetter):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, rgb)
             return
         try:
-            prepared = [prepare(view, self._size, self._crop if i == 0 else 1.0) for i, view in enumerate(views(rgb, self._grid))]
+            whole, *tiles = views(rgb, self._grid)  # the whole image as the model was trained; tiles kept entire
+            prepared = [prepare_image(whole, self._size, self._crop, self._mode)]
+            prepared += [prepare_image(tile, self._size, 1.0, "squash") for tile in tiles]
         except Exception as exc:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, post.record.dead_letter(STAGE_DECODE, "prepare_failed", f"{type(exc).__name__}: {exc}"))
             return
@@ -167,7 +167,7 @@ def build_pipeline(pipeline, config: ScoringConfig, card: ModelCard, carried: tu
         | "FetchImageBytes" >> beam.ParDo(_FetchPost(config.max_bytes)).with_outputs(DEAD_LETTER_TAG, main="posts")
     )
     prepared = fetched["posts"] | "DecodeAndPrepare" >> beam.ParDo(
-        _DecodeAndPrepare(card.input_size, card.crop_fraction, config.multi_crop, config.max_pixels)).with_outputs(DEAD_LETTER_TAG, main="views")
+        _DecodeAndPrepare(card.input_size, card.crop_fraction, card.resize_mode, config.multi_crop, config.max_pixels)).with_outputs(DEAD_LETTER_TAG, main="views")
     scored = (
         prepared["views"]
         | "Batch" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
@@ -206,9 +206,17 @@ class _FetchPost(beam.DoFn):
             yield dataclasses.replace(post, record=result)
 
 
-class _RescoreBatch(beam.DoFn):
-    def __init__(self, export_dir: str, card: ModelCard, handle: shared.Shared, scored_at: dt.datetime):
+class _RescoreTables(beam.DoFn):
+    """(partition, meta table, float32 [N, D] embeddings) -> (partition, output table): one head call per batch.
+
+    The rows equal what :func:`beam_jobs.scoring.rows.score_row` makes for each post (tests check it),
+    built column by column instead of one Python dict per post.
+    """
+
+    def __init__(self, export_dir: str, card: ModelCard, handle: shared.Shared, scored_at: dt.datetime,
+                 carried: tuple[tuple[str, str], ...], arrow_schema, batch_size: int):
         self._export_dir, self._card, self._handle, self._scored_at = export_dir, card, handle, scored_at
+        self._carried, self._schema, self._batch_size = carried, arrow_schema, batch_size
         self._counters = Counters(NAMESPACE)
 
     def setup(self):
@@ -216,25 +224,58 @@ class _RescoreBatch(beam.DoFn):
         self._holder = self._handle.acquire(lambda: _SharedModel(load_scoring_model(export_dir)), tag=export_dir + "#head")
         self._model = self._holder.model
 
-    def process(self, batch):
-        outputs = self._model.score_embeddings(np.stack([embedding for _, embedding in batch]))
-        rows = []
-        for i, (meta, _) in enumerate(batch):
-            rows.append(score_row(meta["post_id"], meta["image_uri"], meta["content_hash"], meta["dt"], outputs, i,
-                                  self._card.labels, self._card.neither_label, self._card.version_id,
-                                  self._card.backbone_version, self._scored_at, meta["carried"], False))
-        self._counters.inc(SCORED, len(rows))
-        yield from rows
+    def process(self, element):
+        partition, meta, embeddings = element
+        for start in range(0, meta.num_rows, self._batch_size):
+            part = meta.slice(start, self._batch_size)
+            table = self._table(part, embeddings[start:start + part.num_rows])
+            self._counters.inc(SCORED, table.num_rows)
+            yield partition, table
+
+    def _table(self, meta, embeddings):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        outputs = self._model.score_embeddings(embeddings)
+        n, card = meta.num_rows, self._card
+        # A slice keeps its parent's buffers, and pickling it (to the shuffle) would copy all of them.
+        meta = pa.table({name: pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], column.type)
+                         for name, column in zip(meta.column_names, meta.columns)})
+        labels = pa.array(outputs["label"], pa.string())
+        found = pc.not_equal(labels, card.neither_label) if card.neither_label is not None else pa.repeat(pa.scalar(True), n)
+        columns = {
+            schema.POST_ID: meta.column(schema.POST_ID), schema.IMAGE_URI: meta.column(schema.IMAGE_URI),
+            schema.CONTENT_HASH: meta.column(schema.CONTENT_HASH), schema.LABEL: labels,
+            schema.CONFIDENCE: pa.array(np.asarray(outputs["confidence"], np.float32)),
+            schema.BRAND_FOUND: found,
+            schema.MODEL_VERSION: pa.repeat(pa.scalar(card.version_id, pa.string()), n),
+            schema.BACKBONE: pa.repeat(pa.scalar(card.backbone_version, pa.string()), n),
+            schema.SCORED_AT: pa.repeat(pa.scalar(self._scored_at, self._schema.field(schema.SCORED_AT).type), n),
+        }
+        scores = np.asarray(outputs["scores"], np.float32)
+        for j, label in enumerate(card.labels):
+            columns[schema.score_column(label)] = pa.array(scores[:, j])
+        for out, name in self._carried:
+            column = meta.column(name) if name in meta.column_names else pa.nulls(n, pa.string())
+            columns[out] = column.cast(pa.string())
+        return pa.Table.from_arrays([columns[f.name] for f in self._schema], schema=self._schema)
 
 
-def build_rescore_pipeline(pipeline, config: RescoreConfig, card: ModelCard, embeddings,
+def build_rescore_pipeline(pipeline, config: RescoreConfig, card: ModelCard, batches,
                            carried: tuple[tuple[str, str], ...], run: str, scored_at: dt.datetime):
-    """``embeddings``: a PCollection of (meta dict, float32[D]) -> rows through the head only."""
+    """``batches``: a PCollection of (partition, pyarrow table of post_id, image_uri, content_hash and the carried
+    columns, float32 [N, D] embeddings) -> Parquet rows through the head only, batch by batch (counts ``read``)."""
     arrow = schema.scores_schema(list(card.labels), [out for out, _ in carried])
+    counters = Counters(NAMESPACE)
+
+    def count_read(element):
+        counters.inc(READ, element[1].num_rows)
+        return element
+
     return (
-        embeddings
-        | "CountRead" >> CountAs(NAMESPACE, READ)
-        | "Batch" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
-        | "RescoreWithHead" >> beam.ParDo(_RescoreBatch(config.model, card, shared.Shared(), scored_at))
-        | "WriteParquet" >> WriteScoresParquet(config.out.scores_dir, arrow, run, config.out.rows_per_file)
+        batches
+        | "CountRead" >> beam.Map(count_read)
+        | "RescoreWithHead" >> beam.ParDo(_RescoreTables(config.model, card, shared.Shared(), scored_at, carried, arrow,
+                                                          config.batch_size))
+        | "WriteParquet" >> WriteScoresParquetBatched(config.out.scores_dir, arrow, run, config.out.rows_per_file)
     )
