@@ -8,6 +8,7 @@ run's own files and summary, so output rows are never duplicated.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -18,7 +19,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.common.accounting import DEAD_LETTERED, READ, nest_counts, query_counters, reconcile, total, write_json
-from beam_jobs.common.inputs import FORMAT_MANIFEST, manifest_kind
+from beam_jobs.common.inputs import FORMAT_MANIFEST, infer_base_uri, manifest_kind
 from beam_jobs.scoring.config import NAMESPACE, RescoreConfig, ScoringConfig
 from beam_jobs.scoring.model import read_model_card
 from beam_jobs.scoring.parquet_sink import run_key
@@ -119,6 +120,10 @@ def run(config: ScoringConfig) -> dict:
     started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc)
     card = read_model_card(config.model)
     files = config.input_spec.check()
+    base_uri = infer_base_uri(config.input_spec)
+    if base_uri != config.base_uri:
+        log.info("relative uris of %s resolve against %s (where its first uri exists)", config.input, base_uri)
+        config = dataclasses.replace(config, base_uri=base_uri)
     carried = carried_columns(config)
     scored_at = config.out.scored_at or started_at
     run_id = run_key(config.input, card.version_id, f"multi_crop={config.multi_crop}", f"embedding={config.write_embedding}")
