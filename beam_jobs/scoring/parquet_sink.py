@@ -100,8 +100,8 @@ class _RemoveStale(beam.DoFn):
         yield from sorted(keep)
 
 
-class WriteScoresParquet(beam.PTransform):
-    """PCollection of row dicts (``schemas.scores`` columns + ``dt``) -> written file paths."""
+class _ScoresSink(beam.PTransform):
+    """Where and how a run's scored rows are written (shared by the row and the batch sink)."""
 
     def __init__(self, output: str, arrow_schema: pa.Schema, run: str, rows_per_file: int = 100_000):
         super().__init__()
@@ -113,6 +113,10 @@ class WriteScoresParquet(beam.PTransform):
         self._schema = arrow_schema
         self._run = run
         self._rows_per_file = rows_per_file
+
+
+class WriteScoresParquet(_ScoresSink):
+    """PCollection of row dicts (``schemas.scores`` columns + ``dt``) -> written file paths."""
 
     def expand(self, rows):
         keyed = rows | "KeyByPartition" >> beam.Map(lambda r: (r[schema.PARTITION], {k: v for k, v in r.items() if k != schema.PARTITION}))
@@ -151,24 +155,13 @@ def _shard_tables(item, counts, rows_per_file: int):
         yield (partition, int(shard), shards), table.take(pa.array(np.flatnonzero(assigned == shard)))
 
 
-class WriteScoresParquetBatched(beam.PTransform):
+class WriteScoresParquetBatched(_ScoresSink):
     """PCollection of ``(partition, pyarrow.Table)`` (``arrow_schema`` columns) -> written file paths.
 
     The same files as :class:`WriteScoresParquet` writes for the same rows (partitions, shard
     count and assignment, order within a file), without a Python dict per row: rescoring
     hundreds of thousands of posts per second needs whole batches end to end.
     """
-
-    def __init__(self, output: str, arrow_schema: pa.Schema, run: str, rows_per_file: int = 100_000):
-        super().__init__()
-        if rows_per_file < 1:
-            raise ValueError("rows_per_file must be >= 1")
-        if not re.fullmatch(r"[0-9a-f]+", run):
-            raise ValueError(f"run key must be hex, got {run!r}")
-        self._output = output.rstrip("/")
-        self._schema = arrow_schema
-        self._run = run
-        self._rows_per_file = rows_per_file
 
     def expand(self, tables):
         counts = (tables
