@@ -92,3 +92,14 @@ def test_views_are_prepared_as_the_models_backbone_says():
     np.testing.assert_array_equal(prepared[0], prepare(rgb, 64, 1.0, "squash"))
     top, left, bottom, right = tile_boxes(90, 160, 2)[0]
     np.testing.assert_array_equal(prepared[1], prepare(rgb[top:bottom, left:right], 64, 1.0, "squash"))
+
+
+def test_duplicate_posts_resolve_deterministically_even_with_nulls():
+    from beam_jobs.common.records import ImageRecord
+    from beam_jobs.scoring.pipeline import Post, _one_per_post
+
+    posts = [Post("p", "2026-11-01", ImageRecord("u", "p", {"caption": value})) for value in ("x", None, "a")]
+    outputs = list(_one_per_post(("p", posts)))
+    assert outputs[0].record.metadata["caption"] == "a"
+    assert [o.value.reason for o in outputs[1:]] == ["duplicate_post_id", "duplicate_post_id"]
+    assert list(_one_per_post(("p", posts[::-1])))[0] == outputs[0]

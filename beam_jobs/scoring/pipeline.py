@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 
 import apache_beam as beam
 import numpy as np
@@ -65,7 +66,7 @@ class _Identify(beam.DoFn):
 def _one_per_post(item):
     """Keep one record per post id (deterministically: the least by uri and metadata); dead-letter the others."""
     post_id, posts = item
-    posts = sorted(posts, key=lambda p: (p.record.uri, sorted(p.record.metadata.items(), key=str)))
+    posts = sorted(posts, key=lambda p: (p.record.uri, json.dumps(p.record.metadata, sort_keys=True, default=str)))
     yield posts[0]
     for extra in posts[1:]:
         yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, extra.record.dead_letter(
