@@ -132,3 +132,19 @@ def test_scoring_job_on_portable_runner_equals_direct(sample_bottlenecks, sample
         outputs[name + "-files"] = files
     assert outputs["portable"] == outputs["direct"]
     assert outputs["portable-files"] == outputs["direct-files"]
+
+
+def test_distributed_runners_refuse_local_paths_before_running(tmp_path):
+    from beam_jobs.bottlenecks.config import BottleneckConfig
+    from beam_jobs.bottlenecks.job import run as run_bottlenecks
+    from beam_jobs.scoring.config import OutputConfig, ScoringConfig
+    from beam_jobs.scoring.job import run as run_scoring
+    from brandlens.config import BackboneConfig
+
+    dataflow = RunnerConfig("DataflowRunner", temp_location="gs://b/tmp", project="p", region="r")
+    with pytest.raises(ConfigError, match=r"DataflowRunner workers cannot read this machine's files: --input /.*--artifacts"):
+        run_bottlenecks(BottleneckConfig(input=str(tmp_path / "m.csv"), output="gs://b/out", cache="gs://b/cache",
+                                         backbone=BackboneConfig(artifact_root=str(tmp_path)), runner=dataflow))
+    with pytest.raises(ConfigError, match="--model"):
+        run_scoring(ScoringConfig(input="gs://b/posts.csv", model=str(tmp_path), out=OutputConfig("gs://b/scores"), runner=dataflow))
+    assert not list(tmp_path.iterdir())

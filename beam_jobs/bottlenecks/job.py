@@ -140,6 +140,8 @@ def summarise(counters: dict[str, int]) -> tuple[dict, dict, dict]:
 def run(config: BottleneckConfig) -> dict:
     """Run the whole job; returns the summary (also written to ``<output>/summary.json``)."""
     started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc)
+    config.runner.check_reachable(input=config.input, output=config.output, cache=config.cache if config.use_cache else None,
+                                  artifacts=str(config.backbone.artifact_root))
     files = config.input_spec.check()
     base_uri = infer_base_uri(config.input_spec)
     if base_uri != config.base_uri:

@@ -105,6 +105,17 @@ class RunnerConfig:
         """Workers share this machine's files (local paths are fine for inputs and outputs)."""
         return self.runner == DIRECT_RUNNER or (self.runner == PORTABLE_RUNNER and self.environment_type == "LOOPBACK")
 
+    def check_reachable(self, **paths: str | None) -> None:
+        """Fail early when workers on other machines would be handed paths only this machine has."""
+        if self.is_local:
+            return
+        from brandlens.fileio import is_remote
+
+        local = [f"--{name.replace('_', '-')} {path}" for name, path in paths.items() if path and not is_remote(str(path))]
+        if local:
+            raise ConfigError(f"{self.runner} workers cannot read this machine's files: {', '.join(local)}; "
+                              "use gs:// paths (artifacts: brandlens backbone --artifacts gs://bucket/artifacts)")
+
     def flags(self) -> list[str]:
         if self.runner == DIRECT_RUNNER:
             flags = ["--runner=FnApiRunner", f"--direct_num_workers={self.direct_num_workers}",

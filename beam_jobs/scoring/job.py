@@ -118,6 +118,7 @@ def _finish(kind: str, config, card, run: str, scored_at: dt.datetime, started: 
 def run(config: ScoringConfig) -> dict:
     """Score the posts; returns the summary (also at ``<output>/runs/<run key>/summary.json``)."""
     started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc)
+    config.runner.check_reachable(input=config.input, model=config.model, output=config.out.output)
     card = read_model_card(config.model)
     files = config.input_spec.check()
     base_uri = infer_base_uri(config.input_spec)
@@ -194,6 +195,7 @@ def _parquet_batch(item):
 def rescore(config: RescoreConfig) -> dict:
     """Relabel stored embeddings with a new model's head; no CNN runs."""
     started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc)
+    config.runner.check_reachable(embeddings=config.embeddings, model=config.model, output=config.out.output)
     card = read_model_card(config.model)
     scored_at = config.out.scored_at or started_at
     examples = _bottleneck_pattern(config.embeddings)
