@@ -360,3 +360,81 @@ def test_wrong_artifact_root_and_closed_world_threshold_are_clear_errors(data, t
         train_and_evaluate(closed, HParams(steps=5), target_precision=0.9)
     with pytest.raises(ConfigError):
         TrainConfig(Path("b"), Path("o"), target_precision=1.5)
+
+
+# --- cross-validated search (issue 6) --------------------------------------------------------------
+
+def _cv_rows():
+    """Originals of 3 labels (some only in 'validation'), two augmented variants of some training images."""
+    hashes = [f"h{i:02d}" for i in range(23)]
+    labels = [i % 3 for i in range(23)]
+    ch, var, y = list(hashes), ["original"] * 23, list(labels)
+    for i in (0, 4, 7, 11):
+        for v in ("aug-0", "aug-1"):
+            ch.append(hashes[i]); var.append(v); y.append(labels[i])
+    ch.append("variant-only"); var.append("logo-crop"); y.append(1)
+    return np.array(ch, dtype=object), np.array(var, dtype=object), np.array(y)
+
+
+def test_cv_folds_are_stable_balanced_stratified_and_order_free():
+    from trainer.search import assign_folds
+
+    hashes, labels = [f"h{i:02d}" for i in range(30)], [i % 2 for i in range(30)]
+    folds = assign_folds(hashes, labels, 5)
+    assert set(folds) == set(hashes) and set(folds.values()) == set(range(5))
+    assert folds == assign_folds(hashes[::-1], labels[::-1], 5)           # row order does not matter
+    assert folds == assign_folds(hashes + hashes[:7], labels + labels[:7], 5)  # repeated rows: same answer
+    for label in (0, 1):
+        sizes = np.bincount([folds[h] for h, lab in zip(hashes, labels) if lab == label], minlength=5)
+        assert sizes.tolist() == [3] * 5
+    assert assign_folds(hashes, labels, 3) != folds
+    with pytest.raises(ConfigError):
+        assign_folds(hashes, labels, 1)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_cv_folds_score_every_original_once_and_keep_variants_with_their_image(k):
+    from trainer.search import cv_folds
+
+    ch, var, y = _cv_rows()
+    folds = cv_folds(ch, var, y, k)
+    assert len(folds) == k
+    scored = np.concatenate([s for _, s in folds])
+    originals = np.flatnonzero(var == "original")
+    assert sorted(scored.tolist()) == originals.tolist()                   # every original scored exactly once
+    for train_rows, scored_rows in folds:
+        assert len(scored_rows) > 0 and set(var[scored_rows]) == {"original"}
+        assert not set(ch[train_rows]) & set(ch[scored_rows])             # no variant of a scored image trains
+        in_fold = set(np.flatnonzero(np.isin(ch, ch[scored_rows])).tolist())
+        others = set(range(len(ch))) - in_fold - {len(ch) - 1}              # (the last row is variant-only: in some fold)
+        assert others <= set(train_rows.tolist())                         # the other folds train, variants included
+    trained_on = np.concatenate([t for t, _ in folds])
+    assert np.all(np.bincount(trained_on, minlength=len(ch)) == k - 1)    # each row trains in k-1 folds (variant-only too)
+    again = cv_folds(ch, var, y, k)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+    with pytest.raises(ConfigError):
+        cv_folds(ch[:3], var[:3], y[:3], 5)
+
+
+def test_cv_search_ranks_by_cross_validation_and_adds_columns(bottlenecks, artifact_root, tmp_path):
+    from brandlens.cli import build_parser
+    from trainer.search import CV_COLUMNS, COLUMNS, run_search
+
+    argv = ["search", "--bottlenecks", str(bottlenecks), "--artifacts", str(artifact_root), "--steps", "40", "--no-export",
+            "--grid", "l2=0.1,0.001"]
+    rows = run_search(SearchConfig.from_args(build_parser().parse_args(argv + ["--output", str(tmp_path / "cv"), "--cv", "3"])))
+    with open(tmp_path / "cv" / "search.csv") as f:
+        table = list(csv.DictReader(f))
+    assert tuple(table[0]) == COLUMNS[:6] + CV_COLUMNS + COLUMNS[6:]
+    ces = [float(r["cv_cross_entropy"]) for r in table]
+    assert ces == sorted(ces) and all(float(r["cv_cross_entropy_std"]) >= 0 for r in table)
+    assert "3-fold cross-validation" in (tmp_path / "cv" / "search.md").read_text()
+    assert json.loads((tmp_path / "cv" / "best_hparams.json").read_text())["run"] == rows[0]["run"]
+    plain = run_search(SearchConfig.from_args(build_parser().parse_args(argv + ["--output", str(tmp_path / "plain")])))
+    with open(tmp_path / "plain" / "search.csv") as f:
+        assert tuple(next(csv.reader(f))) == COLUMNS
+    by_run = {r["run"]: r for r in plain}
+    for row in rows:   # the validation and test figures do not change with --cv
+        assert row["test_cross_entropy"] == by_run[row["run"]]["test_cross_entropy"]
+    with pytest.raises(ConfigError):
+        run_search(SearchConfig.from_args(build_parser().parse_args(argv + ["--output", str(tmp_path / "x"), "--cv", "1"])))

@@ -29,7 +29,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         rows = run_search(SearchConfig.from_args(local))
         print((local.output / TABLE_MD).read_text())
     best = rows[0]
-    print(f"best on validation: {best['run']} (test accuracy {best['test_accuracy']:.4f}, "
+    chosen_by = f"{args.cv}-fold cross-validation on train+validation" if getattr(args, "cv", 0) else "validation"
+    print(f"best by {chosen_by}: {best['run']} (test accuracy {best['test_accuracy']:.4f}, "
           f"cross-entropy {best['test_cross_entropy']:.4f})")
     return 0
 

@@ -164,6 +164,7 @@ class SearchConfig:
     grid: tuple[str, ...]
     random_count: int | None = None
     select_by: str = "cross_entropy"
+    cv: int = 0                 # K-fold cross-validation over train+validation originals ranks the runs; 0: validation ranks
 
     @staticmethod
     def add_arguments(parser) -> None:
@@ -175,6 +176,10 @@ class SearchConfig:
         parser.add_argument("--random", type=int, default=None, metavar="N", help="try N random grid points instead of all")
         parser.add_argument("--select-by", choices=SELECT_BY, default="cross_entropy",
                             help="validation figure that ranks the runs (default %(default)s)")
+        parser.add_argument("--cv", type=int, default=0, metavar="K",
+                            help="rank the runs by K-fold cross-validation over the train+validation originals (folds by "
+                                 "content hash, augmented variants train only); the best run is then trained as without "
+                                 "--cv. 0 (default): rank on validation")
         parser.add_argument("--no-export", action="store_true", help="do not retrain and export the best run")
         parser.add_argument("--verify-images", type=int, default=8, help="test images the best export is checked on")
         TrainConfig.add_data_arguments(parser)
@@ -184,4 +189,4 @@ class SearchConfig:
     def from_args(cls, args) -> "SearchConfig":
         train = TrainConfig(Path(args.bottlenecks), Path(args.output), HParams.from_args(args), Path(args.artifacts), args.neither_label,
                             args.target_precision, args.image_root, not args.no_export, args.verify_images, args.overwrite)
-        return cls(train, tuple(args.grid), args.random, args.select_by)
+        return cls(train, tuple(args.grid), args.random, args.select_by, args.cv)

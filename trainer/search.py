@@ -4,22 +4,37 @@ The table mirrors the study's (run, test accuracy, steps, learning rate,
 optimizer, data, classification). Test figures are reported for every run but
 never used to rank; the best run by validation is retrained (same seed, so the
 same weights) into ``best/`` with the full output and export.
+
+With ``cv=K`` (``--cv K``) the runs are ranked instead by K-fold
+cross-validation over the train and validation splits' original images: every
+distinct content hash gets one fold (``assign_folds``), so all variants of an
+image land together; augmented variants only ever train, and each original is
+scored exactly once per grid point (``cv_folds``). Each fold's head stops early
+on its held-out fold, as the final run does on validation. Test is never used to
+select; the chosen hyperparameters are then trained and exported exactly as
+without ``cv``.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
 import random
 from pathlib import Path
 
+import numpy as np
+
 from brandlens.errors import ConfigError
 from trainer.config import SELECT_BY, HParams, SearchConfig
-from trainer.data import load_bottlenecks
-from trainer.train import run_training, train_and_evaluate
+from schemas import bottleneck as bn
+from trainer import evaluate as ev
+from trainer.data import SplitData, load_bottlenecks
+from trainer.model import predict_scores
+from trainer.train import fit, run_training, train_and_evaluate
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +43,82 @@ TABLE_MD = "search.md"
 BEST_DIR = "best"
 COLUMNS = ("rank", "run", "test_accuracy", "test_cross_entropy", "validation_accuracy", "validation_cross_entropy",
            "steps", "learning_rate", "optimizer", "batch_size", "l2", "dropout", "class_weights", "data", "classification")
+CV_COLUMNS = ("cv_accuracy", "cv_accuracy_std", "cv_cross_entropy", "cv_cross_entropy_std")
 _FIELDS = {f.name: f for f in dataclasses.fields(HParams)}
+
+
+def columns(cv: int = 0) -> tuple[str, ...]:
+    """The table's columns: the CV figures follow the validation ones when cross-validation ranks the runs."""
+    if not cv:
+        return COLUMNS
+    at = COLUMNS.index("validation_cross_entropy") + 1
+    return COLUMNS[:at] + CV_COLUMNS + COLUMNS[at:]
+
+
+# --- cross-validation folds (pure: no TensorFlow) -------------------------------------------------
+
+def _hash_order(content_hash: str) -> str:
+    return hashlib.sha256(content_hash.encode("utf-8")).hexdigest()
+
+
+def assign_folds(content_hashes, labels, k: int) -> dict[str, int]:
+    """One fold in ``0..k-1`` per distinct content hash, from the hashes alone.
+
+    Stratified by label (a hash takes the smallest label among its rows) and
+    balanced: within each label the hashes are ordered by sha256 of the content
+    hash and dealt round-robin, the deal continuing across labels. The answer
+    depends only on the set of (hash, label) pairs, never on row order.
+    """
+    if k < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {k}")
+    label_of: dict[str, object] = {}
+    for h, label in zip(content_hashes, labels):
+        h = str(h)
+        label_of[h] = label if h not in label_of else min(label_of[h], label)
+    folds, position = {}, 0
+    for label in sorted(set(label_of.values())):
+        for h in sorted((h for h, lab in label_of.items() if lab == label), key=lambda h: (_hash_order(h), h)):
+            folds[h] = position % k
+            position += 1
+    return folds
+
+
+def cv_folds(content_hash, variant, y, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(training rows, scored rows) per fold, as index arrays into the given rows.
+
+    A fold scores its originals only; it trains on every row (augmented variants
+    included) of the other folds, so no variant of a scored image is trained on.
+    """
+    content_hash = np.asarray(content_hash).astype(str)
+    variant = np.asarray(variant).astype(str)
+    original = variant == bn.ORIGINAL_VARIANT
+    if int(original.sum()) < k:
+        raise ConfigError(f"--cv {k} needs at least {k} original images in train+validation, found {int(original.sum())}")
+    # Originals decide a hash's label first, so variant-only hashes cannot reorder the originals' deal.
+    fold_of = assign_folds(content_hash[original], np.asarray(y)[original], k)
+    extra = sorted(set(content_hash[~original]) - set(fold_of))
+    fold_of.update({h: int(_hash_order(h), 16) % k for h in extra})
+    fold = np.array([fold_of[h] for h in content_hash], np.int64)
+    return [(np.flatnonzero(fold != i), np.flatnonzero((fold == i) & original)) for i in range(k)]
+
+
+def pool_splits(*splits: SplitData) -> SplitData:
+    """Rows of several splits as one (the CV pool)."""
+    return SplitData(*(np.concatenate([getattr(s, f.name) for s in splits]) for f in dataclasses.fields(SplitData)))
+
+
+def cross_validate(pool: SplitData, labels: list[str], hp: HParams,
+                   folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Mean and (population) standard deviation over folds of the held-out accuracy and cross-entropy."""
+    acc, ce = [], []
+    for train_rows, scored_rows in folds:
+        held = pool.select(scored_rows)
+        result = fit(pool.select(train_rows), held, labels, hp)
+        scores = predict_scores(result.weights, held.x)
+        acc.append(ev.accuracy(scores.argmax(axis=1), held.y))
+        ce.append(ev.cross_entropy(scores, held.y))
+    return {"cv_accuracy": float(np.mean(acc)), "cv_accuracy_std": float(np.std(acc)),
+            "cv_cross_entropy": float(np.mean(ce)), "cv_cross_entropy_std": float(np.std(ce))}
 
 
 def parse_grid(specs: list[str]) -> dict[str, list]:
@@ -67,22 +157,31 @@ def candidates(grid: dict[str, list], base: HParams, random_count: int | None = 
     return [base.replace(**combo) for combo in combos]
 
 
-def _rank_key(row: dict, select_by: str):
+def _rank_key(row: dict, select_by: str, cv: int = 0):
+    prefix = "cv" if cv else "validation"
     if select_by == "accuracy":
-        return (-row["validation_accuracy"], row["validation_cross_entropy"], row["run"])
-    return (row["validation_cross_entropy"], -row["validation_accuracy"], row["run"])
+        return (-row[f"{prefix}_accuracy"], row[f"{prefix}_cross_entropy"], row["run"])
+    return (row[f"{prefix}_cross_entropy"], -row[f"{prefix}_accuracy"], row["run"])
 
 
 def run_search(config: SearchConfig) -> list[dict]:
     """Train every candidate, write search.csv / search.md ranked on validation, export the best."""
     if config.select_by not in SELECT_BY:
         raise ConfigError(f"select-by must be one of {SELECT_BY}")
+    if config.cv < 0 or config.cv == 1:
+        raise ConfigError(f"--cv must be 0 (off) or at least 2 folds, got {config.cv}")
     tc = config.train
     output = Path(tc.output)
     if output.exists() and any(output.iterdir()) and not tc.overwrite:
         raise ConfigError(f"output folder {output} is not empty; choose another or pass --overwrite")
     data = load_bottlenecks(tc.bottlenecks, tc.neither_label)
     trials = candidates(parse_grid(list(config.grid)), tc.hparams, config.random_count, tc.hparams.seed)
+    pool = folds = None
+    if config.cv:
+        pool = pool_splits(data.splits["train"], data.splits["validation"])
+        folds = cv_folds(pool.content_hash, pool.variant, pool.y, config.cv)
+        log.info("%d-fold cross-validation over %d train+validation rows (%d originals scored)", config.cv, len(pool),
+                 sum(len(scored) for _, scored in folds))
     rows = []
     for i, hp in enumerate(trials, 1):
         run = train_and_evaluate(data, hp, tc.target_precision)
@@ -93,14 +192,19 @@ def run_search(config: SearchConfig) -> list[dict]:
                      "batch_size": hp.batch_size, "l2": hp.l2, "dropout": hp.dropout, "class_weights": hp.class_weights,
                      "data": Path(data.root).name, "classification": data.classification, "hparams": hp})
         log.info("run %d/%d: validation cross-entropy %.4f, accuracy %.4f", i, len(trials), v["cross_entropy"], v["accuracy"])
-    rows.sort(key=lambda r: _rank_key(r, config.select_by))
+        if config.cv:
+            rows[-1].update(cross_validate(pool, data.labels, hp, folds))
+            log.info("run %d/%d: %d-fold CV cross-entropy %.4f +- %.4f, accuracy %.4f +- %.4f", i, len(trials), config.cv,
+                     rows[-1]["cv_cross_entropy"], rows[-1]["cv_cross_entropy_std"], rows[-1]["cv_accuracy"],
+                     rows[-1]["cv_accuracy_std"])
+    rows.sort(key=lambda r: _rank_key(r, config.select_by, config.cv))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     best = rows[0]
     if tc.export:
         run_training(dataclasses.replace(tc, output=output / BEST_DIR, hparams=best["hparams"], overwrite=True), data)
     output.mkdir(parents=True, exist_ok=True)
-    write_tables(output, rows, config.select_by)
+    write_tables(output, rows, config.select_by, config.cv)
     (output / "best_hparams.json").write_text(json.dumps({"run": best["run"], **best["hparams"].to_dict()}, indent=2))
     return rows
 
@@ -109,13 +213,16 @@ def _cell(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) and not value.is_integer() else str(value)
 
 
-def write_tables(output: Path, rows: list[dict], select_by: str) -> None:
+def write_tables(output: Path, rows: list[dict], select_by: str, cv: int = 0) -> None:
+    cols = columns(cv)
     with open(output / TABLE_CSV, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
+        writer.writerow(cols)
         for row in rows:
-            writer.writerow([row[c] for c in COLUMNS])
-    lines = [f"Runs ranked by validation {select_by.replace('_', '-')}; test figures are reported, never used to select.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+            writer.writerow([row[c] for c in cols])
+    ranked_by = (f"mean {cv}-fold cross-validation {select_by.replace('_', '-')} over the train+validation originals "
+                 "(std over folds alongside)" if cv else f"validation {select_by.replace('_', '-')}")
+    lines = [f"Runs ranked by {ranked_by}; test figures are reported, never used to select.", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in cols) + " |" for row in rows]
     (output / TABLE_MD).write_text("\n".join(lines) + "\n")
