@@ -84,6 +84,17 @@ def list_files(prefix: str) -> list[str]:
     return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
 
 
+def delete_tree(path: str) -> None:
+    """Delete ``path`` and every file below it (any FileSystems scheme); absent is fine."""
+    from apache_beam.io.filesystems import FileSystems
+
+    files = [m.path for m in FileSystems.match([f"{str(path).rstrip('/')}/**"])[0].metadata_list]
+    if files:
+        FileSystems.delete(files)
+    if FileSystems.exists(str(path)):
+        FileSystems.delete([str(path)])
+
+
 def upload_dir(local: str | os.PathLike, uri: str, last: tuple[str, ...] = ()) -> str:
     """Copy a local folder tree to ``uri`` (any FileSystems scheme); return ``uri``.
 

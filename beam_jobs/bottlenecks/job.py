@@ -25,7 +25,7 @@ from beam_jobs.bottlenecks.config import NAMESPACE, BottleneckConfig
 from beam_jobs.bottlenecks.pipeline import CACHE_HITS, CNN_IMAGES, EXAMPLES, build_pipeline
 from beam_jobs.bottlenecks.transform_pipeline import build_transform_pipeline
 from beam_jobs.common.accounting import DEAD_LETTERED, READ, WRITTEN, nest_counts, query_counters, reconcile, total, write_json
-from beam_jobs.common.inputs import infer_base_uri
+from beam_jobs.common.inputs import with_inferred_base_uri
 from brandlens import __version__, fileio
 from brandlens.backbones.artifact import read_fingerprint
 from brandlens.errors import BrandlensError, ConfigError
@@ -65,20 +65,12 @@ def prepare_output(output: str, overwrite: bool) -> None:
         raise ConfigError(f"{output} already holds the outputs of a run ({', '.join(existing)}); "
                           "pass --overwrite to replace them or choose another --output")
     for path in existing:
-        files = [m.path for m in FileSystems.match([f"{path}/**"])[0].metadata_list] if path.rsplit("/", 1)[-1] in _FOLDERS else []
-        if files:
-            FileSystems.delete(files)
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
+        fileio.delete_tree(path)
 
 
 def _delete_quietly(path: str) -> None:
     try:
-        files = [m.path for m in FileSystems.match([f"{path}/**"])[0].metadata_list]
-        if files:
-            FileSystems.delete(files)
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
+        fileio.delete_tree(path)
     except Exception as exc:  # leftovers in a temp folder are not worth failing a finished run
         log.warning("could not delete %s: %s", path, exc)
 
@@ -143,10 +135,7 @@ def run(config: BottleneckConfig) -> dict:
     config.runner.check_reachable(input=config.input, output=config.output, cache=config.cache if config.use_cache else None,
                                   artifacts=str(config.backbone.artifact_root))
     files = config.input_spec.check()
-    base_uri = infer_base_uri(config.input_spec)
-    if base_uri != config.base_uri:
-        log.info("relative uris of %s resolve against %s (where its first uri exists)", config.input, base_uri)
-        config = dataclasses.replace(config, base_uri=base_uri)
+    config = with_inferred_base_uri(config)
     prepare_output(config.output, config.overwrite)
     artifact_dir = str(config.backbone.materialize())
     fingerprint = read_fingerprint(artifact_dir)

@@ -110,3 +110,15 @@ def infer_base_uri(spec: InputSpec, max_levels: int = 3) -> str | None:
             break
         folder = parent
     return None
+
+
+def with_inferred_base_uri(config):
+    """A job config (with ``input_spec`` and ``base_uri``) whose base uri is the inferred one, logged when it changes."""
+    import dataclasses
+    import logging
+
+    base_uri = infer_base_uri(config.input_spec)
+    if base_uri == config.base_uri:
+        return config
+    logging.getLogger(__name__).info("relative uris of %s resolve against %s (where its first uri exists)", config.input, base_uri)
+    return dataclasses.replace(config, base_uri=base_uri)

@@ -8,7 +8,6 @@ run's own files and summary, so output rows are never duplicated.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime as dt
 import io
 import json
@@ -19,12 +18,12 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.common.accounting import DEAD_LETTERED, READ, nest_counts, query_counters, reconcile, total, write_json
-from beam_jobs.common.inputs import FORMAT_MANIFEST, infer_base_uri, manifest_kind
+from beam_jobs.common.inputs import FORMAT_MANIFEST, manifest_kind, with_inferred_base_uri
 from beam_jobs.scoring.config import NAMESPACE, RescoreConfig, ScoringConfig
 from beam_jobs.scoring.model import read_model_card
 from beam_jobs.scoring.parquet_sink import run_key
 from beam_jobs.scoring.pipeline import SCORED, build_pipeline, build_rescore_pipeline
-from brandlens import __version__
+from brandlens import __version__, fileio
 from brandlens.errors import ConfigError
 from schemas import scores as schema
 
@@ -78,12 +77,6 @@ def carried_columns(config: ScoringConfig) -> tuple[tuple[str, str], ...]:
     return pairs
 
 
-def _clear(folder: str) -> None:
-    files = [m.path for m in FileSystems.match([f"{folder}/**"])[0].metadata_list]
-    if files:
-        FileSystems.delete(files)
-
-
 def _finish(kind: str, config, card, run: str, scored_at: dt.datetime, started: float, started_at: dt.datetime,
             result, extra: dict) -> dict:
     counts = nest_counts(query_counters(result, NAMESPACE))
@@ -121,14 +114,11 @@ def run(config: ScoringConfig) -> dict:
     config.runner.check_reachable(input=config.input, model=config.model, output=config.out.output)
     card = read_model_card(config.model)
     files = config.input_spec.check()
-    base_uri = infer_base_uri(config.input_spec)
-    if base_uri != config.base_uri:
-        log.info("relative uris of %s resolve against %s (where its first uri exists)", config.input, base_uri)
-        config = dataclasses.replace(config, base_uri=base_uri)
+    config = with_inferred_base_uri(config)
     carried = carried_columns(config)
     scored_at = config.out.scored_at or started_at
     run_id = run_key(config.input, card.version_id, f"multi_crop={config.multi_crop}", f"embedding={config.write_embedding}")
-    _clear(config.out.run_dir(run_id))
+    fileio.delete_tree(config.out.run_dir(run_id))
     log.info("scoring %s: %s (%s, %d files) with model %s -> %s", run_id, config.input, config.input_spec.resolved_format,
              files, card.version_id, config.out.scores_dir)
     pipeline = beam.Pipeline(options=config.runner.pipeline_options())
@@ -225,7 +215,7 @@ def rescore(config: RescoreConfig) -> dict:
                       | "ReadParquet" >> beam.io.ReadAllFromParquetBatched(columns=columns, with_filename=True)
                       | "Embeddings" >> beam.FlatMap(_parquet_batch))
     run_id = run_key("rescore", source, card.version_id)
-    _clear(config.out.run_dir(run_id))
+    fileio.delete_tree(config.out.run_dir(run_id))
     build_rescore_pipeline(pipeline, config, card, embeddings, carried, run_id, scored_at)
     result = pipeline.run()
     result.wait_until_finish()
