@@ -3,6 +3,12 @@
 Dataflow passes the template's parameters and its own pipeline options
 (``--project``, ``--region``, ``--temp_location``, ...) as flags; flags the
 command does not define are handed to Beam unchanged.
+
+Workers get the launcher's own image: it is installed there, and the image
+names itself in ``$BRANDLENS_WORKER_IMAGE`` (./Dockerfile, set by
+cloudbuild.yaml), which the runner preset turns into ``--sdk_container_image``
+unless the template run passes ``sdk_container_image`` or another code flag
+(:mod:`beam_jobs.common.worker_code`).
 """
 
 from __future__ import annotations

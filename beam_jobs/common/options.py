@@ -9,14 +9,19 @@ other Beam flag passes through unchanged with ``--beam-arg``.
 explicitly: Beam 2.77's DirectRunner would first try to download and start the
 Prism runner binary, which fails offline and, online, would run the jobs on
 another engine than the one tested here.
+
+Distributed runs always name the code their workers get
+(:mod:`beam_jobs.common.worker_code`): the worker image, else a package of the
+running version; a run that would ship none is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
+from beam_jobs.common import worker_code
 from brandlens.errors import ConfigError
 
 DIRECT_RUNNER = "DirectRunner"
@@ -26,7 +31,6 @@ DATAFLOW_RUNNER = "DataflowRunner"
 RUNNERS = (DIRECT_RUNNER, PORTABLE_RUNNER, FLINK_RUNNER, DATAFLOW_RUNNER)
 RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
 ENVIRONMENT_TYPES = ("LOOPBACK", "DOCKER", "PROCESS", "EXTERNAL")
-SETUP_FILE = Path(__file__).resolve().parents[2] / "setup.py"
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class RunnerConfig:
     max_workers: int | None = None
     sdk_container_image: str | None = None
     job_name: str | None = None
+    worker_package: str | None = None
+    image_default: str | None = None  # the image this process runs in ($BRANDLENS_WORKER_IMAGE)
 
     def __post_init__(self):
         if self.runner not in RUNNERS:
@@ -63,6 +69,10 @@ class RunnerConfig:
                 raise ConfigError(f"DataflowRunner needs {', '.join(missing)}")
             if not self.temp_location.startswith("gs://"):
                 raise ConfigError(f"DataflowRunner needs a gs:// --temp-location, got {self.temp_location}")
+        if self.sdk_container_image and self.environment_config and self.runner != DATAFLOW_RUNNER:
+            raise ConfigError("give the worker image once: --sdk-container-image or --environment-config")
+        if self.worker_package:
+            worker_code.check_worker_package(self.worker_package)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,8 +96,12 @@ class RunnerConfig:
         group.add_argument("--machine-type", default=None, help="DataflowRunner: worker machine type, e.g. n2-standard-4")
         group.add_argument("--max-workers", type=int, default=None, help="DataflowRunner: autoscaling limit")
         group.add_argument("--sdk-container-image", default=None,
-                           help="Dataflow/Flink/Portable: worker image (see Dockerfile); without it Dataflow installs "
-                                "this package on each worker from setup.py")
+                           help="Dataflow/Flink/Portable: worker image with brandlens installed (see Dockerfile; "
+                                f"default ${worker_code.WORKER_IMAGE_ENV}, which that image sets to itself)")
+        group.add_argument("--worker-package", default=None, metavar="FILE",
+                           help="without a worker image: a brandlens wheel or sdist of this version for the workers, "
+                                "local or gs:// (default: setup.py in a checkout, else the installed package packed "
+                                "into a wheel at submit time)")
         group.add_argument("--job-name", default=None, help="Dataflow/Flink: job name")
         group.add_argument("--beam-arg", dest="beam_args", action="append", default=[], metavar="FLAG",
                            help="any other Beam pipeline flag, passed through; repeat as needed, "
@@ -98,7 +112,8 @@ class RunnerConfig:
         return cls(args.runner, args.direct_num_workers, args.direct_running_mode, args.temp_location, tuple(args.beam_args),
                    args.job_endpoint, args.environment_type, args.environment_config, args.flink_master, args.parallelism,
                    args.project, args.region, args.staging_location, args.machine_type, args.max_workers,
-                   args.sdk_container_image, args.job_name)
+                   args.sdk_container_image, args.job_name, args.worker_package,
+                   os.environ.get(worker_code.WORKER_IMAGE_ENV) or None)
 
     @property
     def is_local(self) -> bool:
@@ -127,13 +142,41 @@ class RunnerConfig:
             "environment_type": self.environment_type, "environment_config": self.environment_config,
             "flink_master": self.flink_master, "parallelism": self.parallelism, "project": self.project,
             "region": self.region, "staging_location": self.staging_location, "machine_type": self.machine_type,
-            "max_num_workers": self.max_workers, "sdk_container_image": self.sdk_container_image, "job_name": self.job_name,
+            "max_num_workers": self.max_workers, "job_name": self.job_name,
         }
         flags += [f"--{name}={value}" for name, value in optional.items() if value is not None]
-        if self.runner in (DATAFLOW_RUNNER, FLINK_RUNNER) and not self.sdk_container_image and SETUP_FILE.is_file() \
-                and not any(a.startswith("--setup_file") for a in self.extra_args):
-            flags.append(f"--setup_file={SETUP_FILE}")
-        return flags + list(self.extra_args)
+        return flags + self.worker_code_flags() + list(self.extra_args)
+
+    def _image_flags(self, image: str) -> list[str]:
+        """Dataflow takes the worker image as --sdk_container_image; portable runners as a DOCKER environment."""
+        if self.runner == DATAFLOW_RUNNER:
+            return [f"--sdk_container_image={image}"]
+        if self.environment_type not in (None, "DOCKER"):
+            raise ConfigError(f"a worker image needs --environment-type DOCKER, not {self.environment_type}")
+        return ([] if self.environment_type else ["--environment_type=DOCKER"]) + [f"--environment_config={image}"]
+
+    def _environment_has_code(self) -> bool:
+        if any(a.split("=", 1)[0] in worker_code.CODE_FLAGS for a in self.extra_args):
+            return True
+        return self.runner != DATAFLOW_RUNNER and (self.environment_type in ("PROCESS", "EXTERNAL") or
+                                                   (self.environment_type == "DOCKER" and bool(self.environment_config)))
+
+    def worker_code_flags(self) -> list[str]:
+        """The flags that give distributed workers brandlens (see :mod:`beam_jobs.common.worker_code`); may pack a wheel."""
+        if self.is_local:
+            return []
+        if self.sdk_container_image:
+            return self._image_flags(self.sdk_container_image)
+        if self._environment_has_code():
+            return []
+        if self.worker_package:
+            return [f"--extra_package={self.worker_package}"]
+        if self.image_default:
+            return self._image_flags(self.image_default)
+        setup_file = worker_code.checkout_setup_file()
+        if setup_file:
+            return [f"--setup_file={setup_file}"]
+        return [f"--extra_package={worker_code.pack_installed_wheel()}"]
 
     def pipeline_options(self):
         from apache_beam.options.pipeline_options import PipelineOptions
