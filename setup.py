@@ -34,6 +34,10 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["brandlens", "brandlens.*", "beam_jobs", "beam_jobs.*", "trainer", "trainer.*", "schemas", "schemas.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8,<10", "gcp-storage-emulator>=2024.8"]},
+    extras_require={
+        "test": ["pytest>=8,<10", "gcp-storage-emulator>=2024.8"],
+        # Spark for tests/test_interop.py: a 456 MB download, so not in "test"; the test skips without it.
+        "interop": ["pyspark>=4.0,<5"],
+    },
     entry_points={"console_scripts": ["brandlens=brandlens.cli:main"]},
 )

@@ -34,11 +34,12 @@ FIXED_FIELDS = (
     pa.field(SCORED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
 )
 RESERVED = {f.name for f in FIXED_FIELDS} | {EMBEDDING, PARTITION}
+SCORE_PREFIX = "score_"
 
 
 def score_column(label: str) -> str:
     """``score_<label>``, with the label made a safe SQL identifier."""
-    return "score_" + re.sub(r"[^0-9a-zA-Z_]", "_", label.lower())
+    return SCORE_PREFIX + re.sub(r"[^0-9a-zA-Z_]", "_", label.lower())
 
 
 def scores_schema(labels: list[str], carried: list[str] = (), with_embedding: bool = False, embedding_dim: int = 0) -> pa.Schema:

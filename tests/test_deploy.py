@@ -312,3 +312,21 @@ def test_a_distributed_run_that_would_ship_no_code_is_refused(wheel_install, tmp
     out = _run_installed(site, tmp_path)
     assert out["default"].startswith("refused: ") and "--sdk-container-image" in out["default"], out
     assert "--sdk_container_image=europe-docker.pkg.dev/p/r/brandlens-worker:1" in out["image"]  # an image needs no package
+
+
+def test_the_sdist_carries_what_its_tests_need(tmp_path):
+    """Built the way ``pip``/``build`` do (setuptools' PEP 517 hook); its test suite must be able to run."""
+    script = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import tarfile
+
+    with tarfile.open(tmp_path / result.stdout.strip().splitlines()[-1]) as sdist:
+        members = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    tracked = subprocess.run(["git", "ls-files", "tests", "bench"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    needed = {"tests/conftest.py", "pytest.ini", "constraints.txt", "Makefile", "setup.py"}
+    needed |= {f for f in tracked if f.endswith(".py")}
+    assert needed <= members, sorted(needed - members)
+    assert not any("__pycache__" in m or m.endswith(".pyc") for m in members)

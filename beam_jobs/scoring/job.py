@@ -26,6 +26,7 @@ from beam_jobs.scoring.pipeline import SCORED, build_pipeline, build_rescore_pip
 from brandlens import __version__, fileio
 from brandlens.errors import ConfigError
 from schemas import scores as schema
+from schemas.columns import portable_names
 
 log = logging.getLogger(__name__)
 
@@ -53,28 +54,20 @@ def manifest_columns(path: str) -> list[str]:
     return []
 
 
-def _clashes(column: str) -> bool:
-    return column in schema.RESERVED or column.startswith("score_")
-
-
 def carried_columns(config: ScoringConfig) -> tuple[tuple[str, str], ...]:
     """(output name, input name) of the carried columns: ``--carry``, else every manifest column but id and uri.
 
-    Carried by default, a column named like an output column (say a manifest's
-    own ``label``) is kept as ``input_<name>``; named in ``--carry``, it is an error.
+    Output names are portable (:mod:`schemas.columns`): a column named like an
+    output column (say a manifest's own ``label``) is kept as ``input_label``.
     """
     if config.carry is not None:
-        clash = [c for c in config.carry if _clashes(c)]
-        if clash:
-            raise ConfigError(f"--carry columns {clash} clash with output columns")
-        return tuple((c, c) for c in config.carry)
-    if config.input_spec.resolved_format != FORMAT_MANIFEST:
+        columns = list(config.carry)
+    elif config.input_spec.resolved_format != FORMAT_MANIFEST:
         return ()
-    columns = [c for c in manifest_columns(config.input) if c not in (config.id_column, config.uri_column)]
-    pairs = tuple((f"input_{c}" if _clashes(c) else c, c) for c in columns)
-    if len({out for out, _ in pairs}) != len(pairs) or any(_clashes(out) for out, _ in pairs):
-        raise ConfigError(f"input columns {columns} cannot all be carried; choose them with --carry")
-    return pairs
+    else:
+        columns = [c for c in manifest_columns(config.input) if c not in (config.id_column, config.uri_column)]
+    names = portable_names(columns, schema.RESERVED, (schema.SCORE_PREFIX,))
+    return tuple((out, column) for column, out in names.items())
 
 
 def _finish(kind: str, config, card, run: str, scored_at: dt.datetime, started: float, started_at: dt.datetime,
@@ -126,7 +119,8 @@ def run(config: ScoringConfig) -> dict:
     result = pipeline.run()
     result.wait_until_finish()
     return _finish("score", config, card, run_id, scored_at, started, started_at, result,
-                   {"input": config.input, "config": config.describe(), "carried_columns": dict(carried)})
+                   {"input": config.input, "config": config.describe(), "carried_columns": dict(carried),
+                    "renamed_columns": {name: out for out, name in carried if out != name}})
 
 
 def _bottleneck_pattern(path: str) -> str | None:
