@@ -19,6 +19,10 @@ VARIANT = "variant"
 EMBEDDING = "embedding"
 BACKBONE = "backbone"
 
+# label_id indexes the TFT vocabulary ``transform/transform_fn/assets/label_vocabulary`` (the training split's
+# labels, most frequent first, as tft.compute_and_apply_vocabulary orders them; -1 for a label absent from
+# training), not the model card's ``labels`` order (brands sorted, then ``neither``): the trainer re-indexes by
+# the ``label`` string, and so should any other reader that wants model-card class ids.
 LABEL_ID = "label_id"
 EMBEDDING_SCALED = "embedding_scaled"
 

@@ -11,12 +11,23 @@ An export directory holds:
     the scoring job uses it after its own decoding, which handles more formats,
     EXIF orientation and bad input.
   Both return ``OUTPUTS``.
+  One undecodable image (corrupt, truncated, not an image) fails the whole
+  ``serving_default`` call with an InvalidArgumentError, in-process and in TF
+  Serving alike: a batch returns all rows or none. To score the rest of a
+  batch, call it through :func:`brandlens.serving.score_decodable` (it splits a
+  failing batch until each bad image stands alone and reports it), or decode
+  yourself and call ``score_images``, as the scoring job does.
+- ``tf_serving/<version>/``: the same serving SavedModel in TF Serving's
+  layout (``--model_base_path=<export>/tf_serving``; the version is the export's
+  UTC creation time, YYYYMMDDhhmmss), with ``assets.extra/model_card.json``;
+  ``python -m trainer.serving_layout EXPORT BASE`` publishes it to a shared base path.
 - ``head/``: SavedModel ``serving_default(embedding: float32[N, D])`` returning
   ``OUTPUTS`` from a raw (untransformed) embedding: rescoring without the CNN.
 - ``model_card.json``: ``MODEL_CARD_FIELDS`` below.
 """
 
 SERVING_DIR = "serving"
+TF_SERVING_DIR = "tf_serving"
 HEAD_DIR = "head"
 MODEL_CARD = "model_card.json"
 

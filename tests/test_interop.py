@@ -1,4 +1,5 @@
-"""A real scoring archive read by the engines people query it with: pyarrow, DuckDB, Spark, and BigQuery's rules.
+"""A real scoring archive read by the engines people query it with: pyarrow, DuckDB, Spark, and BigQuery's rules;
+the exported model in TF Serving's layout, and batches of image bytes with a bad image in them.
 
 The posts manifest carries columns whose names no engine takes as they are
 (spaces, a leading digit, case-insensitive clashes with output columns and with
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -131,24 +134,24 @@ def test_spark_reads_the_archive(archive):
     assert all(row[out].startswith(f"{name}-") for row in odd for name, out in ODD_COLUMNS.items())
 
 
-def _bigquery_type(column, arrow_field) -> str:
+def _bigquery_type(column) -> str:
     """The BigQuery type of a Parquet leaf column by BigQuery's Parquet conversion rules; raises for what it rejects."""
     logical = column.logical_type
-    kind = logical.type  # 'String', 'Timestamp', 'None', ...
+    kind = logical.type  # 'STRING', 'TIMESTAMP', 'NONE', ...
     physical = column.physical_type
     if physical == "BYTE_ARRAY":
-        return "STRING" if kind == "String" else "BYTES"
-    if physical == "BOOLEAN" and kind == "None":
+        return "STRING" if kind == "STRING" else "BYTES"
+    if physical == "BOOLEAN" and kind == "NONE":
         return "BOOL"
-    if physical in ("FLOAT", "DOUBLE") and kind == "None":
+    if physical in ("FLOAT", "DOUBLE") and kind == "NONE":
         return "FLOAT64"
-    if physical == "INT64" and kind == "Timestamp":
+    if physical == "INT64" and kind == "TIMESTAMP":
         info = logical.to_json()
         assert '"timeUnit": "nanoseconds"' not in info, f"{column.path}: BigQuery reads no nanosecond timestamps"
         return "TIMESTAMP" if '"isAdjustedToUTC": true' in info else "DATETIME"
-    if physical == "INT32" and kind == "Date":
+    if physical == "INT32" and kind == "DATE":
         return "DATE"
-    if physical in ("INT32", "INT64") and kind in ("None", "Int"):
+    if physical in ("INT32", "INT64") and kind in ("NONE", "INT"):
         return "INT64"
     raise AssertionError(f"{column.path}: {physical} / {logical} has no BigQuery type")
 
@@ -170,18 +173,75 @@ def test_every_column_follows_bigquerys_parquet_rules(archive):
         assert len(set(names)) == len(names) and schema.PARTITION not in names, arrow.names
         assert all(BQ_NAME.match(n) and not n.lower().startswith(BQ_RESERVED_PREFIXES) for n in arrow.names), arrow.names
         types = {}
-        for i in range(parquet.schema.num_columns):
+        tree = str(parquet.schema)
+        for i in range(len(parquet.schema)):
             column = parquet.schema.column(i)
             top = column.path.split(".")[0]
             field = arrow.field(top)
             if pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
                 # the standard 3-level LIST that list inference turns into ARRAY<element>
                 assert column.path == f"{top}.list.element" and column.max_repetition_level == 1, column.path
+                assert re.search(rf"group field_id=-1 {top} \(List\) {{\s*repeated group field_id=-1 list {{", tree), tree
                 assert parquet.metadata.row_group(0).column(i).statistics.null_count == 0  # BigQuery arrays hold no NULLs
-                types[top] = f"ARRAY<{_bigquery_type(column, field)}>"
+                types[top] = f"ARRAY<{_bigquery_type(column)}>"
             else:
                 assert column.path == top and column.max_repetition_level == 0, column.path
-                types[top] = _bigquery_type(column, field)
+                types[top] = _bigquery_type(column)
         assert types[schema.SCORED_AT] == "TIMESTAMP" and types[schema.CONFIDENCE] == "FLOAT64"
         assert types[schema.BRAND_FOUND] == "BOOL" and types[schema.EMBEDDING] == "ARRAY<FLOAT64>"
         assert all(types[out] == "STRING" for out in ODD_COLUMNS.values())
+
+
+def test_the_export_holds_tf_servings_layout(sample_model, tmp_path):
+    import tensorflow as tf
+
+    from schemas import model as contract
+    from trainer.serving_layout import main, serving_version
+
+    card = json.loads((sample_model / contract.MODEL_CARD).read_text())
+    version = serving_version(card["version_id"])
+    assert str(version) == card["version_id"][3:11] + card["version_id"][12:18]
+    base = sample_model / contract.TF_SERVING_DIR
+    assert [p.name for p in base.iterdir()] == [str(version)]  # --model_base_path=<export>/tf_serving
+    folder = base / str(version)
+    assert json.loads((folder / "assets.extra" / contract.MODEL_CARD).read_text()) == card
+    signature = tf.saved_model.load(str(folder)).signatures[contract.SIG_BYTES]
+    assert list(signature.structured_input_signature[1]) == [contract.INPUT_BYTES]
+
+    shared = tmp_path / "serving" / "brandlens"
+    assert main([str(sample_model), str(shared)]) == 0 and main([str(sample_model), str(shared)]) == 0  # again: no-op
+    assert [p.name for p in shared.iterdir()] == [str(version)]
+    assert (shared / str(version) / "variables").is_dir()
+    other = tmp_path / "other-export"
+    shutil.copytree(sample_model, other, ignore=shutil.ignore_patterns(contract.TF_SERVING_DIR))
+    (other / contract.MODEL_CARD).write_text(json.dumps({**card, "version_id": card["version_id"][:-8] + "00000000"}))
+    assert main([str(other), str(shared)]) == 2  # the same version number for another model: refused
+
+
+def test_one_bad_image_fails_a_serving_batch_and_the_helper_scores_the_rest(sample_bottlenecks, sample_model):
+    import numpy as np
+    import tensorflow as tf
+
+    from brandlens.serving import score_decodable
+    from schemas import model as contract
+
+    photos = sorted((sample_bottlenecks.parent / "sample" / "images").rglob("*.jpg"))[:3]
+    blobs = [photos[0].read_bytes(), b"not an image", photos[1].read_bytes(), photos[2].read_bytes()]
+    signature = tf.saved_model.load(str(sample_model / contract.SERVING_DIR)).signatures[contract.SIG_BYTES]
+    calls = []
+
+    def call(batch):
+        calls.append(len(batch))
+        return signature(**{contract.INPUT_BYTES: tf.constant(batch)})
+
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        call(blobs)  # documented in schemas/model.py: one bad image, no rows at all
+    calls.clear()
+    result = score_decodable(call, blobs)
+    assert result.ok == [True, False, True, True] and list(result.errors) == [1]
+    assert result.errors[1].startswith("InvalidArgumentError")
+    assert calls == [4, 2, 1, 1, 2]
+    for i in (0, 2, 3):
+        alone = call([blobs[i]])
+        np.testing.assert_allclose(result.rows[i][contract.OUT_SCORES], alone[contract.OUT_SCORES].numpy()[0], atol=1e-5)
+        assert result.rows[i][contract.OUT_LABEL] == alone[contract.OUT_LABEL].numpy()[0]

@@ -24,6 +24,7 @@ from brandlens import __version__
 from brandlens.backbones.artifact import SAVED_MODEL_DIR
 from brandlens.errors import ArtifactError
 from schemas import model as contract
+from trainer.serving_layout import write_serving_layout
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ def export_model(config, data, run, metrics: dict) -> dict:
         "export_check": check,
     }
     (output / contract.MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
+    write_serving_layout(output)
     log.info("exported %s to %s", version_id, output)
     return card
 
