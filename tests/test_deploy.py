@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from beam_jobs.common.options import RunnerConfig
-from beam_jobs.common.worker_code import WORKER_IMAGE_ENV
 from beam_jobs.flex_launcher import to_cli_args
 from brandlens import __version__
 from brandlens.cli import build_parser
@@ -33,6 +32,7 @@ BUILT_INS = {"PROJECT_ID": "my-project", "BUILD_ID": BUILD_ID, "PROJECT_NUMBER":
              "SERVICE_ACCOUNT": "projects/my-project/serviceAccounts/sa@my-project.iam.gserviceaccount.com"}
 TRIGGER_ONLY = {name: "" for name in ("TRIGGER_NAME", "COMMIT_SHA", "REVISION_ID", "SHORT_SHA", "REPO_NAME", "REPO_FULL_NAME",
                                       "BRANCH_NAME", "TAG_NAME", "REF_NAME", "TRIGGER_BUILD_CONFIG_PATH")}
+WORKER_IMAGE_ENV = "BRANDLENS_WORKER_IMAGE"  # beam_jobs.common.worker_code, which the Dockerfile sets
 DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 DATAFLOW_JOB_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,1022}[a-z0-9])?$")
 CONFIGS = {
@@ -158,6 +158,19 @@ def test_the_launcher_base_is_pinned_to_the_image_python(build):
     assert next(s for s in build["steps"] if s["id"] == "test")["name"] == f"python:{python}"
 
 
+def _repo_files(*tops: str) -> list[str]:
+    """The repository's files: git's list in a clone; else (Cloud Build's workspace has no .git) the tree less .gitignore."""
+    if (REPO / ".git").exists():
+        return subprocess.run(["git", "ls-files", *tops], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    ignored = [line.strip().strip("/") for line in (REPO / ".gitignore").read_text().splitlines() if line.strip()]
+    files = []
+    for folder, dirs, names in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d != ".git" and not any(fnmatch.fnmatchcase(d, pattern) for pattern in ignored)]
+        rel = Path(folder).relative_to(REPO)
+        files += [(rel / n).as_posix() for n in names if not any(fnmatch.fnmatchcase(n, pattern) for pattern in ignored)]
+    return sorted(f for f in files if not tops or f.split("/")[0] in tops)
+
+
 def _dockerignored(path: str, patterns: list[str]) -> bool:
     """Docker's rule as the file uses it: the last pattern matching the path or a folder above it decides."""
     parents = ["/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 2)]
@@ -178,7 +191,7 @@ def test_the_build_context_is_what_the_dockerfile_copies():
                  "brandlens.egg-info/PKG-INFO", "tests/conftest.py", "brandlens/__pycache__/cli.cpython-311.pyc",
                  ".pytest_cache/v", "bench/results/x.json"]:
         assert _dockerignored(name, patterns), name
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    tracked = _repo_files()
     context = {f for f in tracked if not _dockerignored(f, patterns)}
     assert context == {f for f in tracked if f.split("/")[0] in copied}, context ^ {f for f in tracked if f.split("/")[0] in copied}
 
@@ -324,8 +337,7 @@ def test_the_sdist_carries_what_its_tests_need(tmp_path):
 
     with tarfile.open(tmp_path / result.stdout.strip().splitlines()[-1]) as sdist:
         members = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
-    tracked = subprocess.run(["git", "ls-files", "tests", "bench"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.split()
+    tracked = _repo_files("tests", "bench")
     needed = {"tests/conftest.py", "pytest.ini", "constraints.txt", "Makefile", "setup.py"}
     needed |= {f for f in tracked if f.endswith(".py")}
     assert needed <= members, sorted(needed - members)

@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas import scores as schema
-from schemas.columns import portable_names
 from tests.conftest import REPO
 
 SCORED_AT = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
@@ -42,6 +41,8 @@ BQ_RESERVED_PREFIXES = ("_table_", "_file_", "_partition", "_row_timestamp", "__
 
 
 def test_portable_names_rules():
+    from schemas.columns import portable_names
+
     names = portable_names(["user name", "user_name", "1st-tag", "Score_Acme", "label", "Dt", "__x__", "", "日本", "caption",
                             "a" * 200], schema.RESERVED, (schema.SCORE_PREFIX,))
     assert names == {"user name": "user_name", "user_name": "user_name_2", "1st-tag": "input_1st_tag",
