@@ -300,6 +300,11 @@ def test_the_command_starts_without_tensorflow(synthetic, tmp_path):
                                 "--corrections", str(tmp_path / "c.jsonl")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env)
     try:
+        import selectors
+
+        with selectors.DefaultSelector() as waiting:
+            waiting.register(process.stdout, selectors.EVENT_READ)
+            assert waiting.select(timeout=180), "brandlens review printed nothing in 180 s"
         line = process.stdout.readline()
         assert line.startswith("brandlens review: http://127.0.0.1:"), (line, process.stderr.read() if process.poll() is not None else "")
         url = line.split()[2]

@@ -136,8 +136,8 @@ def create_app(config: ReviewConfig) -> FastAPI:
             row["_scores"] = _scores(row, archive)
         return page(request, "grid.html", {"page": result, "sort": sort, "sorts": SORTS, "filters": filters, "q": q,
                                            "bands": BANDS, "statuses": STATUSES, "carried": archive.carried,
-                                           "dates": archive.date_range(), "link": link,
-                                           "model_versions": archive.distinct("model_version", 50),
+                                           "dates": archive.dates, "link": link,
+                                           "model_versions": archive.model_versions,
                                            "query": urlencode(kept)})
 
     @app.get("/queue")

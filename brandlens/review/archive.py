@@ -124,6 +124,10 @@ class Archive:
         self._db.execute("CREATE TABLE corrections (post_id VARCHAR PRIMARY KEY, verdict VARCHAR, labels VARCHAR[], who VARCHAR, corrected_at VARCHAR)")
         self._lock = threading.Lock()
         self.rows = self._db.execute("SELECT count(*) FROM posts").fetchone()[0]
+        low, high = self._db.execute(f"SELECT min({schema.PARTITION}), max({schema.PARTITION}) FROM posts").fetchone()
+        self.dates = (str(low or ""), str(high or ""))
+        self.model_versions = [r[0] for r in self._db.execute(
+            "SELECT model_version FROM posts GROUP BY 1 ORDER BY max(scored_at) DESC LIMIT 100").fetchall()]
         self.load_seconds = round(time.monotonic() - started, 2)
         log.info("review: %d rows from %s in %.1f s", self.rows, scores, self.load_seconds)
 
@@ -257,14 +261,6 @@ class Archive:
             if scored is not None and abs((when - scored).total_seconds()) < 1e-3:
                 return run
         return None
-
-    def distinct(self, column: str, limit: int = 200) -> list[str]:
-        sql = f"SELECT DISTINCT {_q(column)} FROM posts WHERE {_q(column)} IS NOT NULL ORDER BY 1 LIMIT {int(limit)}"
-        return [r[0] for r in self.cursor().execute(sql).fetchall()]
-
-    def date_range(self) -> tuple[str, str]:
-        low, high = self.cursor().execute(f"SELECT min({schema.PARTITION}), max({schema.PARTITION}) FROM posts").fetchone()
-        return (str(low or ""), str(high or ""))
 
     # --- corrections --------------------------------------------------------------------
 
