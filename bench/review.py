@@ -160,6 +160,9 @@ def markdown(result: dict) -> str:
     lines = [f"Review app paging, {result['rows']:,} rows, {result['page_size']} posts a page "
              f"(median of {result['repeats']}; app start {result['startup_s']} s, of which loading {result['load_s']} s). "
              f"`{result['command']}`", "",
+             "The seek page is what the app runs per page: the rows after the cursor, the matching count and the "
+             "page's position (two counts); the OFFSET query is the rows query alone as an OFFSET page would run it; "
+             "the whole HTTP page adds the HTML. The machine is shared (2 cores), so read ratios, not absolute times.", "",
              "| sort | filter | matching | page | seek page (app) ms | OFFSET query ms | OFFSET / seek | whole HTTP page ms |",
              "|---|---|---:|---|---:|---:|---:|---:|"]
     for c in result["cases"]:
