@@ -354,8 +354,27 @@ def _shot(driver, name: str) -> Path:
     return path
 
 
+def _navigate(driver, element) -> None:
+    """Click ``element`` and wait until the page it leads to has loaded."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element("tag name", "html")
+    element.click()
+    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def _images_loaded(driver) -> bool:
-    return driver.execute_script("return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    """Every image on the page (lazy ones made eager) loaded, and none of them answered with an error."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.execute_script("document.querySelectorAll('img[loading=lazy]').forEach(i => i.loading = 'eager')")
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete)"))
+    failed = driver.execute_script("return performance.getEntriesByType('resource')"
+                                   ".filter(e => e.responseStatus >= 400).map(e => e.name)")
+    assert not failed, failed
+    return driver.execute_script("return Array.from(document.images).every(i => i.naturalWidth > 0)")
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +411,7 @@ def test_analyst_journey_in_a_real_browser(browser, scored_sample, sample_model,
         _shot(d, "1-grid.png")
 
         Select(d.find_element(By.ID, "f-brand")).select_by_value("acme")
-        d.find_element(By.ID, "apply").click()
+        _navigate(d, d.find_element(By.ID, "apply"))
         acme = sorted((r for r in rows if r["label"] == "acme"), key=lambda r: -r["confidence"])
         assert f"of {len(acme)}," in d.find_element(By.ID, "page-status").text
         labels = [e.text for e in d.find_elements(By.CSS_SELECTOR, "#grid .card .label")]
@@ -402,7 +421,7 @@ def test_analyst_journey_in_a_real_browser(browser, scored_sample, sample_model,
         first = d.find_element(By.CSS_SELECTOR, "#grid .card")
         post_id = first.get_attribute("data-post-id")
         assert post_id == acme[0]["post_id"]
-        first.click()
+        _navigate(d, first)
         assert post_id in d.find_element(By.ID, "post-title").text
         scores = d.find_elements(By.CSS_SELECTOR, "#scores tr")
         assert [s.find_element(By.TAG_NAME, "th").text for s in scores][0] == "acme" and len(scores) == 3
@@ -417,7 +436,7 @@ def test_analyst_journey_in_a_real_browser(browser, scored_sample, sample_model,
         who = d.find_element(By.ID, "who")
         who.clear()
         who.send_keys("ann analyst")
-        d.find_element(By.ID, "save").click()
+        _navigate(d, d.find_element(By.ID, "save"))
         assert "Correction saved: wrong (zenith)" in d.find_element(By.ID, "saved").text
         assert "ann analyst: wrong → zenith (the mark is zenith's <b>)" in d.find_element(By.ID, "history").text
         saved = [json.loads(line) for line in corrections.read_text().splitlines()]
@@ -427,7 +446,7 @@ def test_analyst_journey_in_a_real_browser(browser, scored_sample, sample_model,
         _shot(d, "4-post-corrected.png")
 
         d.find_element(By.ID, "verdict-right").click()  # changed my mind: "right" after all, then the next uncertain post
-        d.find_element(By.ID, "save-next").click()
+        _navigate(d, d.find_element(By.ID, "save-next"))
         assert post_id not in d.find_element(By.ID, "post-title").text and "Correction saved" in d.find_element(By.ID, "saved").text
         saved = [json.loads(line) for line in corrections.read_text().splitlines()]
         assert [(c["verdict"], c["labels"]) for c in saved] == [("wrong", ["zenith"]), ("right", ["acme"])]
@@ -439,7 +458,7 @@ def test_analyst_journey_in_a_real_browser(browser, scored_sample, sample_model,
         photo = posts.parent / next(r for r in csv.DictReader(posts.open()) if "zenith" in r["image_uri"])["image_uri"]
         d.get(server.url + "/try")
         d.find_element(By.ID, "photo").send_keys(str(photo))
-        d.find_element(By.ID, "score").click()
+        _navigate(d, d.find_element(By.ID, "score"))
         from trainer.predict import predict
 
         expected = predict(sample_model, [photo])[0]
@@ -451,7 +470,7 @@ def test_analyst_journey_in_a_real_browser(browser, scored_sample, sample_model,
         bad = tmp_path / "notes.jpg"
         bad.write_text("not a photo")
         d.find_element(By.ID, "photo").send_keys(str(bad))
-        d.find_element(By.ID, "score").click()
+        _navigate(d, d.find_element(By.ID, "score"))
         assert "notes.jpg is not a usable image" in d.find_element(By.ID, "error").text
 
         d.get(server.url + "/charts")
@@ -476,7 +495,7 @@ def test_evidence_boxes_over_real_photos_in_the_browser(browser, synthetic, samp
         assert boxes and all("zenith" in b.text or "acme" in b.text for b in boxes)
         assert _images_loaded(browser)
         _shot(browser, "8-grid-overlays.png")
-        browser.find_element(By.CSS_SELECTOR, "#grid .card").click()
+        _navigate(browser, browser.find_element(By.CSS_SELECTOR, "#grid .card"))
         assert browser.find_elements(By.CSS_SELECTOR, ".large .box") and browser.find_element(By.ID, "brands")
         _shot(browser, "9-post-overlays.png")
         browser.get(server.url + "/charts")
@@ -484,3 +503,67 @@ def test_evidence_boxes_over_real_photos_in_the_browser(browser, synthetic, samp
         _shot(browser, "10-charts-multi-brand.png")
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- more than one model, crashes, live outputs
+
+def test_an_archive_rescored_by_a_newer_model_shows_the_newest_rows_unless_asked(tmp_path):
+    from brandlens.review.app import ReviewApp
+    from brandlens.review.config import ReviewConfig
+
+    scores = write_synthetic_archive(tmp_path, 200, days=2, localisation=False)
+    newer = pq.read_table(str(scores), partitioning=None).to_pylist()
+    for row in newer:
+        row.update(model_version="bl-newer", scored_at=row["scored_at"].replace(year=2027))
+    schema = pq.read_schema(next(scores.rglob("*.parquet")))
+    for day in ("2026-10-01", "2026-10-02"):
+        rows = [r for r in newer if r["posted_at"].startswith(day)]
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), scores / f"dt={day}" / "part-newer-00000-of-00001.parquet")
+    app = ReviewApp(ReviewConfig(str(scores), corrections=tmp_path / "c.jsonl"))
+    assert app.archive.rows == 400 and app.archive.model_versions == ["bl-newer", "bl-synthetic"]
+    assert app.filters({}).model_version == "bl-newer" and app.filters({"model_version": "*"}).model_version == ""
+    page = app.archive.page(app.filters({}), paging.SORTS["uncertain"], 500)
+    assert page.total == 200 and {r["model_version"] for r in page.rows} == {"bl-newer"}
+    assert app.archive.post(page.rows[0]["post_id"])[0]["model_version"] == "bl-newer"
+
+
+def test_acknowledged_corrections_survive_a_kill_at_any_moment(tmp_path):
+    """A writer killed with SIGKILL mid-stream: every correction it reported saved is in the log and readable."""
+    path = tmp_path / "corrections.jsonl"
+    script = (
+        "import sys\n"
+        "from brandlens.review.corrections import CorrectionLog, make_correction\n"
+        "log = CorrectionLog(sys.argv[1])\n"
+        "post = {'post_id': 'p', 'label': 'acme', 'image_uri': '/x.jpg', 'content_hash': 'h', 'model_version': 'm'}\n"
+        "for i in range(100000):\n"
+        "    c = make_correction(dict(post, post_id=f'p{i}'), 'wrong', ['zenith'], 'ann', note='n' * (i % 3000))\n"
+        "    log.append(c)\n"
+        "    print(c.correction_id, flush=True)\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for attempt, wait in enumerate((0.8, 1.3, 1.9)):
+        process = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+        time.sleep(wait)
+        process.kill()
+        acknowledged = process.stdout.read().split()
+        process.wait()
+        saved = {c.correction_id for c in CorrectionLog(path).read()}
+        assert acknowledged and set(acknowledged) <= saved, attempt
+    log = CorrectionLog(path)
+    log.append(make_correction(POST, "right", [], "ann"))
+    assert log.read()[-1].post_id == "p1" and log.path.read_bytes().endswith(b"\n")
+
+
+def test_live_scores_draw_boxes_and_maps_when_the_model_returns_them():
+    import numpy as np
+
+    from brandlens.review.scorer import _boxes, _heatmap
+
+    labels, scores = ["acme", "zenith", "neither"], np.array([0.7, 0.2, 0.1], np.float32)
+    per_label = {"brand_boxes": np.array([[[0.1, 0.1, 0.4, 0.5], [0, 0, 1, 1], [0, 0, 1, 1]]], np.float32)}
+    assert [(b["label"], b["left"], b["height"]) for b in _boxes(per_label, labels, scores, "acme")] == [("acme", 10.0, 40.0)]
+    assert _boxes({"box": np.array([[0.5, 0.5, 1.0, 1.0]])}, labels, scores, "acme")[0]["width"] == 50.0
+    assert _boxes({"scores": scores[None]}, labels, scores, "acme") == []
+    maps = np.zeros((1, 4, 4, 3), np.float32)
+    maps[0, 1, 2, 0] = 5
+    heat = _heatmap({"evidence_maps": maps}, labels, scores, "neither")
+    assert heat.shape == (4, 4) and heat[1, 2] == 5

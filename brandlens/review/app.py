@@ -70,6 +70,12 @@ class ReviewApp:
         rgb = images.decode(images.read_image(uri, self.image_bases, MAX_IMAGE_BYTES))
         return images.jpeg(rgb, images.SIZES[size])
 
+    def model_version(self, asked: str | None) -> str:
+        """The model whose rows are shown: as asked ("*": all), else the newest when the archive holds several."""
+        if asked is None:
+            return self.archive.model_versions[0] if len(self.archive.model_versions) > 1 else ""
+        return "" if asked == "*" else asked
+
     def filters(self, q) -> Filters:
         def number(name):
             text = (q.get(name) or "").strip()
@@ -83,7 +89,7 @@ class ReviewApp:
         return Filters(brand=q.get("brand", ""), date_from=q.get("date_from", ""), date_to=q.get("date_to", ""),
                        band=q.get("band", "") if q.get("band", "") in BANDS else "", conf_min=number("conf_min"),
                        conf_max=number("conf_max"), status=q.get("status", "") if q.get("status", "") in STATUSES else "",
-                       model_version=q.get("model_version", ""),
+                       model_version=self.model_version(q.get("model_version")),
                        carried={c: q.get(f"c_{c}", "") for c in self.archive.carried if q.get(f"c_{c}")})
 
 

@@ -243,9 +243,12 @@ class Archive:
         return row[0] if row else None
 
     def next_uncertain(self, exclude: str = "") -> str | None:
+        """The uncorrected post nearest the threshold under the newest model."""
+        if not self.model_versions:
+            return None
         row = self.cursor().execute(
             "SELECT post_id FROM posts WHERE post_id NOT IN (SELECT post_id FROM corrections) AND post_id <> ? "
-            "ORDER BY _uncertainty, _row LIMIT 1", [exclude]).fetchone()
+            "AND model_version = ? ORDER BY _uncertainty, _row LIMIT 1", [exclude, self.model_versions[0]]).fetchone()
         return row[0] if row else None
 
     def run_of(self, row: dict) -> dict | None:
