@@ -108,6 +108,7 @@ def create_app(config: ReviewConfig) -> FastAPI:
     async def guard(request: Request, call_next):
         length = request.headers.get("content-length", "")
         if request.method == "POST" and length.isdigit() and int(length) > upload_limit + 1024 * 1024:
+            await _discard_body(request)
             return page(request, "message.html", {"title": "Too large", "message": _too_large(int(length), upload_limit)}, 413)
         response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
@@ -284,6 +285,15 @@ def _scores(row: dict, archive: Archive) -> list[tuple[str, float]]:
 def _path(post_id: str) -> str:
     """A post id as one URL path segment."""
     return quote(str(post_id), safe="")
+
+
+async def _discard_body(request: Request, at_most: int = 256 * 1024 * 1024) -> None:
+    """Read a refused body to its end (keeping none of it), so that the browser gets the answer, not a reset."""
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > at_most:
+            break
 
 
 def _too_large(size: int, limit: int) -> str:
