@@ -567,3 +567,28 @@ def test_live_scores_draw_boxes_and_maps_when_the_model_returns_them():
     maps[0, 1, 2, 0] = 5
     heat = _heatmap({"evidence_maps": maps}, labels, scores, "neither")
     assert heat.shape == (4, 4) and heat[1, 2] == 5
+
+
+def test_review_status_filters_and_the_corrections_command(archive, tmp_path, capsys):
+    from brandlens.cli import main
+
+    rows = archive.page(Filters(), paging.SORTS["confidence"], 3).rows
+    posts = [archive.post(r["post_id"])[0] for r in rows]
+    log = CorrectionLog(tmp_path / "corrections.jsonl")
+    made = [make_correction(posts[0], "right", [], "ann"),
+            make_correction(posts[1], "wrong", ["zenith" if posts[1]["label"] != "zenith" else "acme"], "ann")]
+    for c in made:
+        log.append(c)
+    archive.note_corrections(made)
+    try:
+        ids = lambda status: [r["post_id"] for r in archive.page(Filters(status=status), paging.SORTS["confidence"], 5000).rows]  # noqa: E731
+        assert ids("right") == [posts[0]["post_id"]] and ids("wrong") == [posts[1]["post_id"]]
+        assert set(ids("corrected")) == {p["post_id"] for p in posts[:2]} and posts[0]["post_id"] not in ids("uncorrected")
+        assert archive.next_uncertain() not in {p["post_id"] for p in posts[:2]}
+    finally:
+        archive.cursor().execute("DELETE FROM corrections")
+    out = tmp_path / "m.csv"
+    assert main(["corrections", "--corrections", str(log.path), "--output", str(out)]) == 0
+    assert "2 rows; 2 corrected posts (1 right, 1 wrong)" in capsys.readouterr().out
+    assert main(["corrections", "--corrections", str(tmp_path / "none.jsonl"), "--output", str(out)]) == 2
+    assert "no corrections in" in capsys.readouterr().err
