@@ -67,7 +67,7 @@ def test_cut_maps_are_stored_with_the_embedding_and_label_map_applies(cut_bottle
     assert data.labels == ["acme", "zenith", "neither"] and data.cut == CUT  # no 'rival' class: mapped to neither
     train = data.splits["train"]
     assert train.maps.shape == (len(train), 7, 7, 192) and train.maps.dtype == np.float16
-    assert set(train.variant) == {"original", "aug1"}
+    assert set(train.variant) == {"original", "aug-v1-1"}
     backbone = load_backbone(lite0_artifact)
     fp = backbone.fingerprint
     test = data.splits["test"]
