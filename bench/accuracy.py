@@ -65,6 +65,7 @@ def plan_features(manifest: str, backbone: str, args) -> Features:
                     crop_fraction=args.crop_fraction if args.crop_fraction is not None else default.get("crop_fraction"),
                     augment=plan.get("augment", 0) if args.augment is None else args.augment,
                     logo_crops=plan.get("logo_crops", False) and not args.no_logo_crops,
+                    background_crops=plan.get("background_crops", False) and not args.quick,
                     cut=None if args.quick else default.get("cut"))
 
 

@@ -100,6 +100,7 @@ class Features:
     augment: int = 0
     logo_crops: bool = False              # flickrlogos27 only: boxes from the annotation file
     cut: int | None = None                # store the maps entering this block (the trainer's --adapt blocks)
+    background_crops: bool = False        # flickrlogos27 only: strips outside the logo boxes as 'neither'
 
     @property
     def tag(self) -> str:
@@ -108,6 +109,8 @@ class Features:
             parts.append(f"c{self.crop_fraction:g}")
         if self.cut is not None:
             parts.append(f"cut{self.cut}")
+        if self.background_crops:
+            parts.append("bg")
         if self.augment:
             parts.append(f"aug{self.augment}")
         if self.logo_crops:
@@ -125,6 +128,8 @@ class Features:
             bits.append("logo crops")
         if self.cut is not None:
             bits.append(f"maps at block {self.cut}")
+        if self.background_crops:
+            bits.append("background strips as neither")
         return ", ".join(bits)
 
 
@@ -166,14 +171,14 @@ def run_bottlenecks(work: Path, name: str, features: Features, artifact_root: Pa
     if name in COMBINED:
         source = combined_manifest(name, work / "manifests" / f"{name}.csv")
         label_map = ((",".join(OTHER_BRANDS), "neither"),)
-    if features.logo_crops and name == LOGO_MANIFEST:
+    if (features.logo_crops or features.background_crops) and name == LOGO_MANIFEST:
         source = work / "manifests" / f"{name}-logo-boxes.csv"
         counts = logo_manifest(manifest_path(name), SHARED_DATA / ANNOTATION_FILE, source, SHARED_DATA)
         log.info("logo manifest %s: %s", source, counts)
     config = BottleneckConfig(
         input=str(source), output=str(output), base_uri=str(SHARED_DATA), augment=features.augment,
         logo_crops=features.logo_crops and name == LOGO_MANIFEST, batch_size=batch_size, cut=features.cut,
-        label_map=label_map,
+        label_map=label_map, background_crops=features.background_crops and name == LOGO_MANIFEST,
         cache=str(work / "embedding-cache"), overwrite=True,
         backbone=BackboneConfig(features.backbone, artifact_root or default_artifact_root(), None,
                                 features.crop_fraction, features.resize_mode))

@@ -177,3 +177,16 @@ def test_label_map_parsing():
     with pytest.raises(ValueError, match="FROM"):
         parse_label_map(["neither"])
     assert annotate({"label": "vans"}, ("nike", "neither"), (("vans", "neither"),)).label == "neither"
+
+
+def test_background_strips_lie_outside_every_logo_box():
+    from beam_jobs.bottlenecks import augment as aug
+
+    rgb = np.zeros((100, 200, 3), np.uint8)
+    found = [v for v in aug.variants("original", 0, (), background_boxes=[(80, 10, 120, 40), (90, 30, 130, 60)])
+             if v.kind == aug.BACKGROUND]
+    assert [v.name for v in found] == ["bg-v1-left", "bg-v1-right", "bg-v1-top", "bg-v1-bottom"]
+    shapes = {v.name: None if (px := aug.render(rgb, "h", v)) is None else px.shape[:2] for v in found}
+    # union (80,10)-(130,60): left 80 px wide, right 70 px, top 10 px (too thin: skipped), bottom 40 px tall
+    assert shapes == {"bg-v1-left": (100, 80), "bg-v1-right": (100, 70), "bg-v1-top": None, "bg-v1-bottom": (40, 200)}
+    assert aug.variants("original", 0, (), background_boxes=[]) == [aug.Variant("original")]

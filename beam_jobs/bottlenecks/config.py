@@ -66,6 +66,8 @@ class BottleneckConfig:
     augment: int = 0
     logo_crops: bool = False
     logo_margin: float = DEFAULT_LOGO_MARGIN
+    background_crops: bool = False  # strips of logo photos outside their boxes, as background_label examples
+    background_label: str = "neither"
     label_map: tuple[tuple[str, str], ...] = ()  # (from, to): labels renamed before --labels is checked
     cut: int | None = None  # also store the backbone's map entering this block (for the trainer's --adapt blocks)
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -139,6 +141,12 @@ class BottleneckConfig:
                           help="N deterministic variants (crop, flip, colour) per training image (default %(default)s)")
         data.add_argument("--logo-crops", action="store_true",
                           help="one extra training example per logo box (x1,y1,x2,y2 in the manifest), cropped around it")
+        data.add_argument("--background-crops", action="store_true",
+                          help="training photos with logo boxes also give their strips outside every box (left, right, "
+                               "top, bottom; each >= 30%% across and 15%% of the area) as --background-label examples: "
+                               "photos without the brand from the same source as the brand photos")
+        data.add_argument("--background-label", default="neither",
+                          help="label of the background strips (default %(default)s: the open-world class)")
         data.add_argument("--logo-margin", type=float, default=DEFAULT_LOGO_MARGIN,
                           help="context around a logo box, as a fraction of its size (default %(default)s)")
 
@@ -164,7 +172,8 @@ class BottleneckConfig:
         return cls(
             input=args.input, output=args.output, input_format=args.input_format, base_uri=args.base_uri,
             uri_column=args.uri_column, labels=args.labels, split_fractions=args.splits, augment=args.augment,
-            logo_crops=args.logo_crops, logo_margin=args.logo_margin, label_map=_label_map_arg(args.label_map),
+            logo_crops=args.logo_crops, logo_margin=args.logo_margin, background_crops=args.background_crops,
+            background_label=args.background_label, label_map=_label_map_arg(args.label_map),
             cut=args.cut, batch_size=args.batch_size, cache=args.cache,
             use_cache=not args.no_cache, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
             num_shards=args.num_shards, overwrite=args.overwrite, progress_interval=args.progress_interval,
@@ -177,7 +186,8 @@ class BottleneckConfig:
             "input": self.input, "input_format": self.input_spec.resolved_format, "base_uri": self.base_uri,
             "uri_column": self.uri_column,
             "labels": list(self.labels), "split_fractions": list(self.split_fractions), "augment": self.augment,
-            "logo_crops": self.logo_crops, "logo_margin": self.logo_margin, "batch_size": self.batch_size,
+            "logo_crops": self.logo_crops, "logo_margin": self.logo_margin,
+            "background_crops": self.background_crops, "background_label": self.background_label, "batch_size": self.batch_size,
             "label_map": dict(self.label_map), "cut": self.cut,
             "cache": self.cache if self.use_cache else None, "max_bytes": self.max_bytes, "max_pixels": self.max_pixels,
             "runner": self.runner.runner, "backbone": self.backbone.name,

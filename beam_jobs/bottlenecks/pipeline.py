@@ -113,6 +113,7 @@ class _PlanDoFn(beam.DoFn):
     def __init__(self, config: BottleneckConfig, backbone: str):
         self._augment = config.augment
         self._logo_crops = config.logo_crops
+        self._background_label = config.background_label if config.background_crops else None
         self._logo_margin = config.logo_margin
         self._max_pixels = config.max_pixels
         self._backbone = backbone
@@ -121,7 +122,8 @@ class _PlanDoFn(beam.DoFn):
     def _wanted(self, split: str, boxes) -> list[aug.Variant]:
         if split != "train":
             return aug.variants(ORIGINAL_VARIANT)
-        return aug.variants(ORIGINAL_VARIANT, self._augment, boxes if self._logo_crops else (), self._logo_margin)
+        return aug.variants(ORIGINAL_VARIANT, self._augment, boxes if self._logo_crops else (), self._logo_margin,
+                            boxes if self._background_label else ())
 
     def process(self, element):
         digest, group = element
@@ -149,7 +151,10 @@ class _PlanDoFn(beam.DoFn):
                 return
             requests = list(self._variant_pixels(rgb, digest, missing))
 
-        key = lambda variant: ExampleKey(digest, kept.uri, kept.record_id, kept.label, kept.split, variant)  # noqa: E731
+        def key(name: str) -> ExampleKey:
+            label = self._background_label if name.startswith("bg-") else kept.label
+            return ExampleKey(digest, kept.uri, kept.record_id, label, kept.split, name)
+
         for variant in wanted:
             if variant.name in cached:
                 self._counters.inc(CACHE_HITS)
@@ -163,7 +168,11 @@ class _PlanDoFn(beam.DoFn):
     def _variant_pixels(self, rgb, digest: str, variants):
         for variant in variants:
             try:
-                yield variant, aug.render(rgb, digest, variant, self._logo_margin)
+                pixels = aug.render(rgb, digest, variant, self._logo_margin)
+                if pixels is None:
+                    self._counters.inc("background_strips_too_small")
+                    continue
+                yield variant, pixels
             except ValueError as exc:  # a logo box beyond the image: the image itself is fine
                 self._counters.inc("logo_boxes_outside_image")
                 log.warning("no logo crop %s for %s: %s", variant.name, digest[:12], exc)
