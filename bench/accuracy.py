@@ -52,7 +52,7 @@ PLAN: dict[str, dict] = {
     "shoes-binary": {},
     "shoes-multiclass": {},
     "shoes-open": {},
-    "flickrlogos27": {"logo_crops": True},
+    "flickrlogos27": {"logo_crops": True, "background_crops": True},
 }
 QUICK_GRID = ("l2=0.01", "learning_rate=0.001")
 JSON_RESULTS = Path(__file__).with_name("results") / "accuracy.json"

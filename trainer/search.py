@@ -206,7 +206,8 @@ def run_search(config: SearchConfig) -> list[dict]:
         rows.append({"run": f"r{i:03d}", "validation_accuracy": v["accuracy"], "validation_cross_entropy": v["cross_entropy"],
                      "steps": result.best_step, "learning_rate": hp.learning_rate, "optimizer": hp.optimizer,
                      "batch_size": hp.batch_size, "l2": hp.l2, "dropout": hp.dropout, "class_weights": hp.class_weights,
-                     "adapt": hp.adapt, "data": Path(data.root).name, "classification": data.classification, "hparams": hp})
+                     "adapt": hp.adapt, "data": Path(data.root).name, "classification": data.classification, "hparams": hp,
+                     "fit": result})
         log.info("run %d/%d: validation cross-entropy %.4f, accuracy %.4f", i, len(trials), v["cross_entropy"], v["accuracy"])
         if config.cv:
             rows[-1].update(cross_validate(pool, data.labels, hp, folds, blocks))
@@ -219,7 +220,8 @@ def run_search(config: SearchConfig) -> list[dict]:
     best = rows[0]
     chosen = None
     if tc.export:
-        chosen = run_training(dataclasses.replace(tc, output=output / BEST_DIR, hparams=best["hparams"], overwrite=True), data)
+        chosen = run_training(dataclasses.replace(tc, output=output / BEST_DIR, hparams=best["hparams"], overwrite=True), data,
+                              best["fit"])
     output.mkdir(parents=True, exist_ok=True)
     write_tables(output, rows, config.select_by, config.cv, best["run"], chosen and chosen["test"])
     (output / "best_hparams.json").write_text(json.dumps({"run": best["run"], **best["hparams"].to_dict()}, indent=2))

@@ -230,11 +230,11 @@ def blocks_for(data: BottleneckData, hp: HParams, artifact_root) -> Blocks | Non
 
 
 def train_and_evaluate(data: BottleneckData, hp: HParams, target_precision: float | None = None,
-                       blocks: Blocks | None = None) -> RunResult:
-    """Fit, calibrate and pick the threshold on validation, then score test once with everything fixed."""
+                       blocks: Blocks | None = None, fitted: FitResult | None = None) -> RunResult:
+    """Fit (unless ``fitted``, the same run done already), pick the threshold on validation, then score test once."""
     if target_precision is not None and data.neither_label is None:
         raise ConfigError("--target-precision needs an open world (a 'neither' class in the data); this data is closed world")
-    result = fit(data.splits["train"], data.splits["validation"], data.labels, hp, blocks)
+    result = fitted or fit(data.splits["train"], data.splits["validation"], data.labels, hp, blocks)
     validation = data.splits["validation"]
     result_scores = {"validation": result.scores(validation)}
     threshold = None
@@ -299,8 +299,12 @@ def _prepare_output(output: Path, overwrite: bool) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
 
-def run_training(config: TrainConfig, data: BottleneckData | None = None) -> dict:
-    """The ``brandlens train`` command: returns what it wrote into metrics.json."""
+def run_training(config: TrainConfig, data: BottleneckData | None = None, fitted: FitResult | None = None) -> dict:
+    """The ``brandlens train`` command: returns what it wrote into metrics.json.
+
+    ``fitted``: the search's own fit of these hyperparameters on this data (same seed, so the same weights),
+    which is then not trained again.
+    """
     from trainer import report
 
     started = time.time()
@@ -312,7 +316,7 @@ def run_training(config: TrainConfig, data: BottleneckData | None = None) -> dic
         locate_artifact(data.fingerprint, config.artifact_root)  # fail before training, not after
     _prepare_output(config.output, config.overwrite)
     run = train_and_evaluate(data, config.hparams, config.target_precision,
-                             blocks_for(data, config.hparams, config.artifact_root))
+                             None if fitted else blocks_for(data, config.hparams, config.artifact_root), fitted)
     metrics = {
         "labels": data.labels,
         "neither_label": data.neither_label,
