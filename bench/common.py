@@ -17,7 +17,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BRANDLENS_SHARED", REPO.parent / "shared")) / "data"
-MANIFESTS = ("shoes-binary", "shoes-multiclass", "flickrlogos27")
+MANIFESTS = ("shoes-binary", "shoes-multiclass", "shoes-open", "flickrlogos27")
+# Manifests the benchmark puts together: shoes-multiclass plus other brands' shoes as hard 'neither' negatives.
+COMBINED = {"shoes-open": ("shoes-multiclass", "other-brand-shoes")}
+OTHER_BRANDS = ("asics", "new_balance", "puma", "reebok", "salomon", "vans")  # other-brand-shoes.csv's labels
 LOGO_MANIFEST = "flickrlogos27"
 ANNOTATION_FILE = "flickrlogos27/flickr_logos_27_dataset_training_set_annotation.txt"
 DEFAULT_WORK_DIR = Path(os.environ.get("BRANDLENS_BENCH_DIR", "/tmp/brandlens-bench"))
@@ -96,12 +99,18 @@ class Features:
     crop_fraction: float | None = None    # None: the product default for the mode
     augment: int = 0
     logo_crops: bool = False              # flickrlogos27 only: boxes from the annotation file
+    cut: int | None = None                # store the maps entering this block (the trainer's --adapt blocks)
+    background_crops: bool = False        # flickrlogos27 only: strips outside the logo boxes as 'neither'
 
     @property
     def tag(self) -> str:
         parts = [self.backbone.replace("efficientnet_", ""), self.resize_mode or "default"]
         if self.crop_fraction is not None:
             parts.append(f"c{self.crop_fraction:g}")
+        if self.cut is not None:
+            parts.append(f"cut{self.cut}")
+        if self.background_crops:
+            parts.append("bg")
         if self.augment:
             parts.append(f"aug{self.augment}")
         if self.logo_crops:
@@ -117,11 +126,29 @@ class Features:
             bits.append(f"{self.augment} augmented variants")
         if self.logo_crops:
             bits.append("logo crops")
+        if self.cut is not None:
+            bits.append(f"maps at block {self.cut}")
+        if self.background_crops:
+            bits.append("background strips as neither")
         return ", ".join(bits)
 
 
 def manifest_path(name: str) -> Path:
-    return SHARED_DATA / "manifests" / f"{name}.csv"
+    """A shared manifest; a combined one (``COMBINED``) is checked by its parts."""
+    return SHARED_DATA / "manifests" / f"{COMBINED.get(name, (name,))[-1]}.csv"
+
+
+def combined_manifest(name: str, output: Path) -> Path:
+    """The parts of a ``COMBINED`` manifest in one CSV (uri,label,split; uris relative to the shared data)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["uri", "label", "split"])
+        for part in COMBINED[name]:
+            with open(SHARED_DATA / "manifests" / f"{part}.csv", newline="") as f:
+                for row in csv.DictReader(f):
+                    writer.writerow([row["uri"], row["label"], row["split"]])
+    return output
 
 
 def run_bottlenecks(work: Path, name: str, features: Features, artifact_root: Path | None = None,
@@ -140,13 +167,18 @@ def run_bottlenecks(work: Path, name: str, features: Features, artifact_root: Pa
         log.info("reusing %s", output)
         return output
     source = manifest_path(name)
-    if features.logo_crops and name == LOGO_MANIFEST:
+    label_map = ()
+    if name in COMBINED:
+        source = combined_manifest(name, work / "manifests" / f"{name}.csv")
+        label_map = ((",".join(OTHER_BRANDS), "neither"),)
+    if (features.logo_crops or features.background_crops) and name == LOGO_MANIFEST:
         source = work / "manifests" / f"{name}-logo-boxes.csv"
         counts = logo_manifest(manifest_path(name), SHARED_DATA / ANNOTATION_FILE, source, SHARED_DATA)
         log.info("logo manifest %s: %s", source, counts)
     config = BottleneckConfig(
         input=str(source), output=str(output), base_uri=str(SHARED_DATA), augment=features.augment,
-        logo_crops=features.logo_crops and name == LOGO_MANIFEST, batch_size=batch_size,
+        logo_crops=features.logo_crops and name == LOGO_MANIFEST, batch_size=batch_size, cut=features.cut,
+        label_map=label_map, background_crops=features.background_crops and name == LOGO_MANIFEST,
         cache=str(work / "embedding-cache"), overwrite=True,
         backbone=BackboneConfig(features.backbone, artifact_root or default_artifact_root(), None,
                                 features.crop_fraction, features.resize_mode))

@@ -3,6 +3,10 @@
 Writer (beam_jobs), trainer and tests all derive their feature specs from here.
 Raw examples carry identity and lineage next to the embedding; the transformed
 examples written by tensorflow-transform add the label id and the scaled embedding.
+A job run with ``--cut N`` also stores, in the raw examples only, ``cut_map``: the
+backbone's feature map entering block N (float16, C order, shape ``CUT_MAP_SHAPE``
+of the summary), which the trainer's ``--adapt blocks`` trains the rest of the
+network on. The transform never reads it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ SPLIT = "split"
 VARIANT = "variant"
 EMBEDDING = "embedding"
 BACKBONE = "backbone"
+CUT_MAP = "cut_map"
+CUT_MAP_DTYPE = np.float16
 
 # label_id indexes the TFT vocabulary ``transform/transform_fn/assets/label_vocabulary`` (the training split's
 # labels, most frequent first, as tft.compute_and_apply_vocabulary orders them; -1 for a label absent from
@@ -43,6 +49,7 @@ class BottleneckRecord:
     variant: str
     embedding: np.ndarray
     backbone: str
+    cut_map: bytes = b""  # float16 bytes of the map entering the cut block; empty without --cut
 
 
 def raw_schema(embedding_dim: int):
@@ -90,7 +97,22 @@ def to_example_bytes(record: BottleneckRecord) -> bytes:
     for name in STRING_FEATURES:
         features[name].bytes_list.value.append(str(getattr(record, name)).encode("utf-8"))
     features[EMBEDDING].float_list.value.extend(np.asarray(record.embedding, np.float32).ravel().tolist())
+    if record.cut_map:
+        features[CUT_MAP].bytes_list.value.append(record.cut_map)
     return example.SerializeToString()
+
+
+def encode_cut_map(values: np.ndarray) -> bytes:
+    return np.ascontiguousarray(values, CUT_MAP_DTYPE).tobytes()
+
+
+def decode_cut_maps(blobs, shape) -> np.ndarray:
+    """float16 [N, *shape] from the stored bytes; a blob of the wrong size is an error, not a reshape."""
+    size = int(np.prod(shape)) * np.dtype(CUT_MAP_DTYPE).itemsize
+    bad = [i for i, b in enumerate(blobs) if len(b) != size]
+    if bad:
+        raise ValueError(f"{len(bad)} stored cut maps are not {tuple(shape)} float16 (e.g. row {bad[0]}: {len(blobs[bad[0]])} bytes)")
+    return np.frombuffer(b"".join(blobs), CUT_MAP_DTYPE).reshape((len(blobs), *shape))
 
 
 def from_example_bytes(data: bytes) -> BottleneckRecord:
@@ -99,4 +121,5 @@ def from_example_bytes(data: bytes) -> BottleneckRecord:
     example = example_pb2.Example.FromString(data)
     features = example.features.feature
     values = {name: features[name].bytes_list.value[0].decode("utf-8") for name in STRING_FEATURES}
-    return BottleneckRecord(embedding=np.asarray(features[EMBEDDING].float_list.value, np.float32), **values)
+    cut_map = features[CUT_MAP].bytes_list.value[0] if CUT_MAP in features else b""
+    return BottleneckRecord(embedding=np.asarray(features[EMBEDDING].float_list.value, np.float32), cut_map=cut_map, **values)

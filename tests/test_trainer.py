@@ -296,9 +296,10 @@ def test_search_writes_ranked_tables(bottlenecks, artifact_root, lite0_artifact,
     ces = [float(r["validation_cross_entropy"]) for r in table]
     assert ces == sorted(ces)
     assert {r["optimizer"] for r in table} == {"sgd", "adam"} and table[0]["classification"] == "open world, 3 classes"
-    assert {"run", "test_accuracy", "steps", "learning_rate", "optimizer", "data", "classification"} <= set(table[0])
+    assert {"run", "validation_accuracy", "steps", "learning_rate", "optimizer", "adapt", "data", "classification"} <= set(table[0])
+    assert not any(name.startswith("test") for name in table[0])  # test is looked at once, for the chosen run
     md = (tmp_path / "s" / "search.md").read_text()
-    assert "| rank | run | test_accuracy |" in md and md.count("\n| ") == 5
+    assert "| rank | run | validation_accuracy |" in md and md.count("\n| ") == 5 and "test" not in md.split("\n", 1)[1]
     assert json.loads((tmp_path / "s" / "best_hparams.json").read_text())["run"] == rows[0]["run"]
     assert not (tmp_path / "s" / "best").exists()
 
@@ -425,7 +426,7 @@ def test_cv_search_ranks_by_cross_validation_and_adds_columns(bottlenecks, artif
     rows = run_search(SearchConfig.from_args(build_parser().parse_args(argv + ["--output", str(tmp_path / "cv"), "--cv", "3"])))
     with open(tmp_path / "cv" / "search.csv") as f:
         table = list(csv.DictReader(f))
-    assert tuple(table[0]) == COLUMNS[:6] + CV_COLUMNS + COLUMNS[6:]
+    assert tuple(table[0]) == COLUMNS[:4] + CV_COLUMNS + COLUMNS[4:]
     ces = [float(r["cv_cross_entropy"]) for r in table]
     assert ces == sorted(ces) and all(float(r["cv_cross_entropy_std"]) >= 0 for r in table)
     assert "3-fold cross-validation" in (tmp_path / "cv" / "search.md").read_text()
@@ -434,7 +435,7 @@ def test_cv_search_ranks_by_cross_validation_and_adds_columns(bottlenecks, artif
     with open(tmp_path / "plain" / "search.csv") as f:
         assert tuple(next(csv.reader(f))) == COLUMNS
     by_run = {r["run"]: r for r in plain}
-    for row in rows:   # the validation and test figures do not change with --cv
-        assert row["test_cross_entropy"] == by_run[row["run"]]["test_cross_entropy"]
+    for row in rows:   # the validation figures do not change with --cv
+        assert row["validation_cross_entropy"] == by_run[row["run"]]["validation_cross_entropy"]
     with pytest.raises(ConfigError):
         run_search(SearchConfig.from_args(build_parser().parse_args(argv + ["--output", str(tmp_path / "x"), "--cv", "1"])))

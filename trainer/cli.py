@@ -29,9 +29,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
         rows = run_search(SearchConfig.from_args(local))
         print((local.output / TABLE_MD).read_text())
     best = rows[0]
-    chosen_by = f"{args.cv}-fold cross-validation on train+validation" if getattr(args, "cv", 0) else "validation"
-    print(f"best by {chosen_by}: {best['run']} (test accuracy {best['test_accuracy']:.4f}, "
-          f"cross-entropy {best['test_cross_entropy']:.4f})")
+    cv = getattr(args, "cv", 0)
+    chosen_by = f"{cv}-fold cross-validation on train+validation" if cv else "validation"
+    figure = (f"CV accuracy {best['cv_accuracy']:.4f}, cross-entropy {best['cv_cross_entropy']:.4f}" if cv else
+              f"validation accuracy {best['validation_accuracy']:.4f}, cross-entropy {best['validation_cross_entropy']:.4f}")
+    print(f"best by {chosen_by}: {best['run']} ({figure}); its test figures are in best/metrics.json")
     return 0
 
 

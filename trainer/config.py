@@ -9,6 +9,7 @@ from pathlib import Path
 
 from brandlens.config import default_artifact_root
 from brandlens.errors import ConfigError
+from trainer.model import ADAPT_MODES
 
 OPTIMIZERS = ("sgd", "adagrad", "adam")
 DEFAULT_NEITHER = "neither"
@@ -39,6 +40,10 @@ class HParams:
     eval_every: int = 20
     seed: int = 0
     label_smoothing: float = 0.0
+    adapt: str = "head"
+    block_learning_rate_scale: float = 0.1
+    mirror_maps: bool = True
+    calibrate: bool = True
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -55,6 +60,10 @@ class HParams:
             raise ConfigError(f"l2 must be >= 0, got {self.l2}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.adapt not in ADAPT_MODES:
+            raise ConfigError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {self.adapt!r}")
+        if not self.block_learning_rate_scale > 0:
+            raise ConfigError(f"block learning rate scale must be > 0, got {self.block_learning_rate_scale}")
         parse_class_weights(self.class_weights)
 
     def replace(self, **changes) -> "HParams":
@@ -83,12 +92,23 @@ class HParams:
         g.add_argument("--seed", type=int, default=d.seed, help="makes a run repeatable (default %(default)s)")
         g.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
                        help="share of the target spread over all classes (default %(default)s)")
+        g.add_argument("--adapt", choices=ADAPT_MODES, default=d.adapt,
+                       help="what is trained: the head alone, or also the backbone's blocks after the bottlenecks' --cut "
+                            "(default %(default)s)")
+        g.add_argument("--block-learning-rate-scale", type=float, default=d.block_learning_rate_scale,
+                       help="--adapt blocks: the blocks' learning rate as a multiple of the head's (default %(default)s)")
+        g.add_argument("--no-mirror-maps", action="store_true",
+                       help="--adapt blocks: do not mirror the stored maps at random while training")
+        g.add_argument("--no-calibrate", action="store_true",
+                       help="do not fit a softmax temperature on validation (scores stay the raw softmax)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "HParams":
         return cls(args.learning_rate, args.optimizer, args.steps, args.epochs, args.batch_size, args.dropout,
                    args.l2, args.class_weights, args.patience, args.eval_every, args.seed,
-                   getattr(args, "label_smoothing", 0.0))
+                   getattr(args, "label_smoothing", 0.0), getattr(args, "adapt", "head"),
+                   getattr(args, "block_learning_rate_scale", 0.1), not getattr(args, "no_mirror_maps", False),
+                   not getattr(args, "no_calibrate", False))
 
 
 def parse_class_weights(spec: str) -> str | dict[str, float]:

@@ -40,6 +40,11 @@ class SplitData:
     uri: np.ndarray        # str [N]
     variant: np.ndarray    # str [N]
     content_hash: np.ndarray  # str [N]
+    maps: np.ndarray | None = None  # float16 [N, h, w, c]: the maps entering the cut block (bottlenecks made with --cut)
+
+    def __post_init__(self):
+        if self.maps is None:  # no cut: an empty column, so select() and concatenation need no special case
+            object.__setattr__(self, "maps", np.zeros((len(self.y), 0), np.float16))
 
     def __len__(self) -> int:
         return len(self.y)
@@ -58,6 +63,7 @@ class BottleneckData:
     scale: np.ndarray              # float32 [D]: transformed = raw * scale + shift
     shift: np.ndarray
     splits: dict[str, SplitData]
+    cut: int | None = None         # the block whose input maps the splits carry (bottleneck job's --cut)
 
     @property
     def neither_index(self) -> int | None:
@@ -159,6 +165,12 @@ def load_bottlenecks(root: str | Path, neither_label: str = "neither") -> Bottle
 
     raw_spec = {bn.EMBEDDING: tf.io.FixedLenFeature([dim], tf.float32),
                 **{k: tf.io.FixedLenFeature([], tf.string) for k in (bn.CONTENT_HASH, bn.URI, bn.SPLIT, bn.VARIANT, bn.BACKBONE)}}
+    cut = summary.get("config", {}).get("cut")
+    map_shape = summary.get("cut_map_shape")
+    if cut is not None:
+        if not map_shape:
+            raise DataError(f"{summary_path} names cut {cut} but no cut_map_shape")
+        raw_spec[bn.CUT_MAP] = tf.io.FixedLenFeature([], tf.string)
     columns = {}
     for split in bn.SPLITS:
         files = _files(root / layout.TRANSFORMED, split)
@@ -182,7 +194,7 @@ def load_bottlenecks(root: str | Path, neither_label: str = "neither") -> Bottle
     for split, (t, r) in columns.items():
         if t is None or len(t[bn.LABEL]) == 0:
             raise DataError(f"{root} has no {split} examples; training needs train, validation and test splits")
-        aligned = _align(split, t, r, index, fingerprint)
+        aligned = _align(split, t, r, index, fingerprint, map_shape if cut is not None else None)
         # Beam writes rows in no fixed order; sorting makes a rerun of the same bottlenecks train the same weights.
         splits[split] = aligned.select(np.lexsort((aligned.uri.astype(str), aligned.variant.astype(str),
                                                    aligned.content_hash.astype(str))))
@@ -196,12 +208,13 @@ def load_bottlenecks(root: str | Path, neither_label: str = "neither") -> Bottle
     worst = float(np.max(np.abs(recomputed - train.x)))
     if worst > AFFINE_TOLERANCE * max(1.0, float(np.max(np.abs(train.x)))):
         raise DataError(f"{root}: transformed embeddings differ from the transform applied to the raw ones by {worst:g}")
-    data = BottleneckData(root, labels, neither_label if open_world else None, fingerprint, summary, scale, shift, splits)
+    data = BottleneckData(root, labels, neither_label if open_world else None, fingerprint, summary, scale, shift, splits, cut)
     log.info("read %s: %s; %s", root, data.classification, {s: len(d) for s, d in splits.items()})
     return data
 
 
-def _align(split: str, t: dict, r: dict | None, index: dict[str, int], fingerprint: BackboneFingerprint) -> SplitData:
+def _align(split: str, t: dict, r: dict | None, index: dict[str, int], fingerprint: BackboneFingerprint,
+           map_shape=None) -> SplitData:
     """Join transformed rows to their raw rows by identity; check labels and backbone."""
     labels = _strings(t[bn.LABEL])
     unknown = sorted(set(labels) - set(index))
@@ -225,6 +238,7 @@ def _align(split: str, t: dict, r: dict | None, index: dict[str, int], fingerpri
         uri=_strings(t[bn.URI]),
         variant=_strings(t[bn.VARIANT]),
         content_hash=_strings(t[bn.CONTENT_HASH]),
+        maps=None if map_shape is None else bn.decode_cut_maps(list(r[bn.CUT_MAP][order]), map_shape),
     )
 
 

@@ -125,3 +125,18 @@ def evaluate(scores: np.ndarray, y: np.ndarray, labels: list[str], neither_index
         result["brand_predictions"] = count
         result["brand_recall"] = _brand_recall(y, predicted, neither_index)
     return result
+
+
+def expected_calibration_error(scores: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """|accuracy - confidence| of the top score, averaged over equal-width confidence bins weighted by their rows."""
+    if len(y) == 0:
+        return float("nan")
+    confidence = scores.max(axis=1)
+    correct = scores.argmax(axis=1) == y
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        rows = which == b
+        if rows.any():
+            total += rows.sum() * abs(correct[rows].mean() - confidence[rows].mean())
+    return float(total / len(y))

@@ -32,7 +32,25 @@ CHECK_TOLERANCE = 1e-4
 _BRIEF_METRICS = ("count", "accuracy", "argmax_accuracy", "cross_entropy", "macro_f1", "brand_precision", "brand_recall")
 
 
-def _modules(weights, scale, shift, labels, neither_index, threshold, version_id, backbone_dir=None, fingerprint=None):
+def _adapted_network(backbone, weights, specs, cut: int):
+    """The backbone's network with its blocks from ``cut`` and its head convolution replaced by the trained ones."""
+    import tensorflow as tf
+
+    def pair(values, name):
+        return tuple(tf.Variable(np.asarray(v, np.float32), trainable=False, name=f"{name}_{part}")
+                     for v, part in zip(values, ("kernel", "bias")))
+
+    net = tf.Module(name="adapted_network")
+    net.stem = backbone.net.stem
+    net.blocks = [backbone.net.blocks[i] if i < cut else
+                  {part: pair(weights.blocks[i][part], f"b{i}_{part}") for part in weights.blocks[i]}
+                  for i in range(len(specs))]
+    net.head = pair(weights.conv_head, "conv_head")
+    return net
+
+
+def _modules(weights, scale, shift, labels, neither_index, threshold, version_id, backbone_dir=None, fingerprint=None,
+             cut=None):
     """Build the head module and, given a backbone, the serving module around it."""
     import tensorflow as tf
 
@@ -40,6 +58,7 @@ def _modules(weights, scale, shift, labels, neither_index, threshold, version_id
 
     dim = weights.kernel.shape[0]
     fallback = neither_index is not None and threshold is not None
+    temperature = float(weights.temperature)
 
     class Head(tf.Module):
         def __init__(self):
@@ -48,12 +67,16 @@ def _modules(weights, scale, shift, labels, neither_index, threshold, version_id
             self.bias = tf.Variable(np.asarray(weights.bias, np.float32), trainable=False, name="bias")
             self.scale = tf.Variable(np.asarray(scale, np.float32), trainable=False, name="transform_scale")
             self.shift = tf.Variable(np.asarray(shift, np.float32), trainable=False, name="transform_shift")
+            self.temperature = tf.Variable(temperature, trainable=False, name="temperature")
             self.labels = tf.Variable(labels, trainable=False, name="labels")
             self.version_id = tf.Variable(version_id, trainable=False, name="version_id")
 
         def outputs(self, embedding):
             scaled = embedding * self.scale + self.shift
-            scores = tf.nn.softmax(tf.matmul(scaled, self.kernel) + self.bias)
+            logits = tf.matmul(scaled, self.kernel) + self.bias
+            if temperature != 1.0:
+                logits = logits / self.temperature
+            scores = tf.nn.softmax(logits)
             top = tf.argmax(scores, axis=1, output_type=tf.int32)
             if fallback:
                 top_score = tf.gather(scores, top, batch_dims=1)
@@ -77,10 +100,26 @@ def _modules(weights, scale, shift, labels, neither_index, threshold, version_id
             self.backbone = tf.saved_model.load(str(Path(backbone_dir) / SAVED_MODEL_DIR))
             self.head = head
             self.version_id = head.version_id
+            if weights.adapts_blocks:
+                from brandlens.backbones import efficientnet_lite as lite
+
+                self.specs = lite.block_specs(lite.VARIANTS[fingerprint.name])
+                self.net = _adapted_network(self.backbone, weights, self.specs, cut)
+
+        def embed(self, images):
+            if not weights.adapts_blocks:
+                return self.backbone.serve(images)["embedding"]
+            from brandlens.backbones import efficientnet_lite as lite
+            from schemas.bottleneck import CUT_MAP_DTYPE
+
+            net, specs = self.net, self.specs
+            trunk = lite.run_blocks(net, lite.stem(net, lite.preprocess(images)), specs, 0, cut)
+            trunk = tf.cast(tf.cast(trunk, CUT_MAP_DTYPE), tf.float32)  # as stored for training: float16
+            return tf.reduce_mean(lite.head_map(net, lite.run_blocks(net, trunk, specs, cut)), axis=[1, 2])
 
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name=contract.INPUT_IMAGES)])
         def score_images(self, images):
-            return self.head.outputs(self.backbone.serve(images)["embedding"])
+            return self.head.outputs(self.embed(images))
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.INPUT_BYTES)])
         def score_bytes(self, image_bytes):
@@ -121,9 +160,11 @@ def export_model(config, data, run, metrics: dict) -> dict:
     artifact = locate_artifact(data.fingerprint, config.artifact_root)
     created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     version_id = make_version_id(created, run.fit.weights, data.labels, data.fingerprint.version)
-    head, serving = _modules(run.fit.weights, data.scale, data.shift, data.labels, data.neither_index,
-                             run.threshold_value, version_id, artifact, data.fingerprint)
-    tf.saved_model.save(head, str(output / contract.HEAD_DIR), signatures={contract.SIG_EMBEDDING: head.serve})
+    weights = run.fit.weights
+    head, serving = _modules(weights, data.scale, data.shift, data.labels, data.neither_index,
+                             run.threshold_value, version_id, artifact, data.fingerprint, data.cut)
+    if not weights.adapts_blocks:  # a head on adapted blocks cannot take the frozen backbone's embedding
+        tf.saved_model.save(head, str(output / contract.HEAD_DIR), signatures={contract.SIG_EMBEDDING: head.serve})
     tf.saved_model.save(serving, str(output / contract.SERVING_DIR),
                         signatures={contract.SIG_BYTES: serving.score_bytes, contract.SIG_IMAGES: serving.score_images})
 
@@ -141,6 +182,10 @@ def export_model(config, data, run, metrics: dict) -> dict:
             "counts": data.counts(),
             "bottleneck_summary": data.summary,
         },
+        "adaptation": {"adapt": run.hparams.adapt, "cut": data.cut if weights.adapts_blocks else None,
+                       "trained": (f"blocks {data.cut}..{max(weights.blocks)}, the head convolution and the dense layer"
+                                   if weights.adapts_blocks else "the dense layer"),
+                       "temperature": float(weights.temperature)},
         "hyperparameters": {**run.hparams.to_dict(), "class_weight_values": run.fit.class_weights,
                             "best_step": run.fit.best_step, "steps_run": run.fit.steps_run,
                             "stopped_early": run.fit.stopped_early, "target_precision": config.target_precision},
@@ -162,10 +207,11 @@ def verify_export(output: Path, data, test_scores: np.ndarray, max_images: int, 
     import tensorflow as tf
 
     test = data.splits["test"]
-    head = tf.saved_model.load(str(output / contract.HEAD_DIR)).signatures[contract.SIG_EMBEDDING]
-    head_scores = head(**{contract.INPUT_EMBEDDING: tf.constant(test.raw)})[contract.OUT_SCORES].numpy()
-    check = {"head_max_abs_diff": float(np.max(np.abs(head_scores - test_scores))), "images_checked": 0,
-             "serving_max_abs_diff": None}
+    check = {"head_max_abs_diff": None, "images_checked": 0, "serving_max_abs_diff": None}
+    if (output / contract.HEAD_DIR).is_dir():
+        head = tf.saved_model.load(str(output / contract.HEAD_DIR)).signatures[contract.SIG_EMBEDDING]
+        head_scores = head(**{contract.INPUT_EMBEDDING: tf.constant(test.raw)})[contract.OUT_SCORES].numpy()
+        check["head_max_abs_diff"] = float(np.max(np.abs(head_scores - test_scores)))
     picked = []
     for i in range(len(test)):
         if len(picked) >= max_images:
@@ -180,7 +226,7 @@ def verify_export(output: Path, data, test_scores: np.ndarray, max_images: int, 
         check["images_checked"] = len(picked)
     elif max_images:
         log.warning("no test image was readable, so the serving model was not checked on images (set --image-root)")
-    worst = max(v for v in (check["head_max_abs_diff"], check["serving_max_abs_diff"]) if v is not None)
+    worst = max([v for v in (check["head_max_abs_diff"], check["serving_max_abs_diff"]) if v is not None] or [0.0])
     if worst > CHECK_TOLERANCE:
         raise ArtifactError(f"the exported model disagrees with the evaluation by {worst:g} (> {CHECK_TOLERANCE:g}) "
                             f"on the test split: {check}; the bottlenecks may come from different preprocessing")

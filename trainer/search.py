@@ -1,9 +1,9 @@
 """Hyperparameter search: many heads on the same bottlenecks, ranked on validation.
 
-The table mirrors the study's (run, test accuracy, steps, learning rate,
-optimizer, data, classification). Test figures are reported for every run but
-never used to rank; the best run by validation is retrained (same seed, so the
-same weights) into ``best/`` with the full output and export.
+The table mirrors the study's (run, accuracy, steps, learning rate, optimizer,
+data, classification) with validation (and CV) figures only: test is looked at
+once, for the chosen run, which is retrained (same seed, so the same weights)
+into ``best/`` with the full output, its test metrics and the export.
 
 With ``cv=K`` (``--cv K``) the runs are ranked instead by K-fold
 cross-validation over the train and validation splits' original images: every
@@ -33,16 +33,16 @@ from trainer.config import SELECT_BY, HParams, SearchConfig
 from schemas import bottleneck as bn
 from trainer import evaluate as ev
 from trainer.data import SplitData, load_bottlenecks
-from trainer.model import predict_scores
-from trainer.train import fit, run_training, train_and_evaluate
+from trainer.train import blocks_for, fit, run_training
 
 log = logging.getLogger(__name__)
 
 TABLE_CSV = "search.csv"
 TABLE_MD = "search.md"
 BEST_DIR = "best"
-COLUMNS = ("rank", "run", "test_accuracy", "test_cross_entropy", "validation_accuracy", "validation_cross_entropy",
-           "steps", "learning_rate", "optimizer", "batch_size", "l2", "dropout", "class_weights", "data", "classification")
+COLUMNS = ("rank", "run", "validation_accuracy", "validation_cross_entropy",
+           "steps", "learning_rate", "optimizer", "batch_size", "l2", "dropout", "class_weights", "adapt", "data",
+           "classification")
 CV_COLUMNS = ("cv_accuracy", "cv_accuracy_std", "cv_cross_entropy", "cv_cross_entropy_std")
 _FIELDS = {f.name: f for f in dataclasses.fields(HParams)}
 
@@ -108,15 +108,23 @@ def pool_splits(*splits: SplitData) -> SplitData:
 
 
 def cross_validate(pool: SplitData, labels: list[str], hp: HParams,
-                   folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """Mean and (population) standard deviation over folds of the held-out accuracy and cross-entropy."""
-    acc, ce = [], []
+                   folds: list[tuple[np.ndarray, np.ndarray]], blocks=None, out_of_fold: dict | None = None) -> dict:
+    """Mean and (population) standard deviation over folds of the held-out accuracy and cross-entropy.
+
+    ``out_of_fold``, when given, receives each scored row's held-out scores
+    (``{"rows": index array, "scores": [N, C]}``): what thresholds are chosen on.
+    """
+    acc, ce, rows, scored = [], [], [], []
     for train_rows, scored_rows in folds:
         held = pool.select(scored_rows)
-        result = fit(pool.select(train_rows), held, labels, hp)
-        scores = predict_scores(result.weights, held.x)
+        result = fit(pool.select(train_rows), held, labels, hp, blocks)
+        scores = result.scores(held)
         acc.append(ev.accuracy(scores.argmax(axis=1), held.y))
         ce.append(ev.cross_entropy(scores, held.y))
+        rows.append(scored_rows)
+        scored.append(scores)
+    if out_of_fold is not None:
+        out_of_fold.update(rows=np.concatenate(rows), scores=np.concatenate(scored))
     return {"cv_accuracy": float(np.mean(acc)), "cv_accuracy_std": float(np.std(acc)),
             "cv_cross_entropy": float(np.mean(ce)), "cv_cross_entropy_std": float(np.std(ce))}
 
@@ -136,6 +144,10 @@ def parse_grid(specs: list[str]) -> dict[str, list]:
             try:
                 if name == "steps" and raw.lower() == "none":
                     parsed.append(None)
+                elif "bool" in str(kind):
+                    if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError(raw)
+                    parsed.append(raw.lower() in ("true", "1", "yes"))
                 elif "float" in str(kind):
                     parsed.append(float(raw))
                 elif "int" in str(kind):
@@ -183,17 +195,22 @@ def run_search(config: SearchConfig) -> list[dict]:
         log.info("%d-fold cross-validation over %d train+validation rows (%d originals scored)", config.cv, len(pool),
                  sum(len(scored) for _, scored in folds))
     rows = []
+    blocks_cache: dict = {}
     for i, hp in enumerate(trials, 1):
-        run = train_and_evaluate(data, hp, tc.target_precision)
-        v, t = run.metrics["validation"], run.metrics["test"]
-        rows.append({"run": f"r{i:03d}", "test_accuracy": t["accuracy"], "test_cross_entropy": t["cross_entropy"],
-                     "validation_accuracy": v["accuracy"], "validation_cross_entropy": v["cross_entropy"],
-                     "steps": run.fit.best_step, "learning_rate": hp.learning_rate, "optimizer": hp.optimizer,
+        if hp.adapt not in blocks_cache:
+            blocks_cache[hp.adapt] = blocks_for(data, hp, tc.artifact_root)
+        blocks = blocks_cache[hp.adapt]
+        result = fit(data.splits["train"], data.splits["validation"], data.labels, hp, blocks)
+        validation = data.splits["validation"]
+        v = ev.evaluate(result.scores(validation), validation.y, data.labels, data.neither_index)
+        rows.append({"run": f"r{i:03d}", "validation_accuracy": v["accuracy"], "validation_cross_entropy": v["cross_entropy"],
+                     "steps": result.best_step, "learning_rate": hp.learning_rate, "optimizer": hp.optimizer,
                      "batch_size": hp.batch_size, "l2": hp.l2, "dropout": hp.dropout, "class_weights": hp.class_weights,
-                     "data": Path(data.root).name, "classification": data.classification, "hparams": hp})
+                     "adapt": hp.adapt, "data": Path(data.root).name, "classification": data.classification, "hparams": hp,
+                     "fit": result})
         log.info("run %d/%d: validation cross-entropy %.4f, accuracy %.4f", i, len(trials), v["cross_entropy"], v["accuracy"])
         if config.cv:
-            rows[-1].update(cross_validate(pool, data.labels, hp, folds))
+            rows[-1].update(cross_validate(pool, data.labels, hp, folds, blocks))
             log.info("run %d/%d: %d-fold CV cross-entropy %.4f +- %.4f, accuracy %.4f +- %.4f", i, len(trials), config.cv,
                      rows[-1]["cv_cross_entropy"], rows[-1]["cv_cross_entropy_std"], rows[-1]["cv_accuracy"],
                      rows[-1]["cv_accuracy_std"])
@@ -201,10 +218,12 @@ def run_search(config: SearchConfig) -> list[dict]:
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     best = rows[0]
+    chosen = None
     if tc.export:
-        run_training(dataclasses.replace(tc, output=output / BEST_DIR, hparams=best["hparams"], overwrite=True), data)
+        chosen = run_training(dataclasses.replace(tc, output=output / BEST_DIR, hparams=best["hparams"], overwrite=True), data,
+                              best["fit"])
     output.mkdir(parents=True, exist_ok=True)
-    write_tables(output, rows, config.select_by, config.cv)
+    write_tables(output, rows, config.select_by, config.cv, best["run"], chosen and chosen["test"])
     (output / "best_hparams.json").write_text(json.dumps({"run": best["run"], **best["hparams"].to_dict()}, indent=2))
     return rows
 
@@ -213,7 +232,8 @@ def _cell(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) and not value.is_integer() else str(value)
 
 
-def write_tables(output: Path, rows: list[dict], select_by: str, cv: int = 0) -> None:
+def write_tables(output: Path, rows: list[dict], select_by: str, cv: int = 0, chosen: str | None = None,
+                 chosen_test: dict | None = None) -> None:
     cols = columns(cv)
     with open(output / TABLE_CSV, "w", newline="") as f:
         writer = csv.writer(f)
@@ -222,7 +242,10 @@ def write_tables(output: Path, rows: list[dict], select_by: str, cv: int = 0) ->
             writer.writerow([row[c] for c in cols])
     ranked_by = (f"mean {cv}-fold cross-validation {select_by.replace('_', '-')} over the train+validation originals "
                  "(std over folds alongside)" if cv else f"validation {select_by.replace('_', '-')}")
-    lines = [f"Runs ranked by {ranked_by}; test figures are reported, never used to select.", "",
+    lines = [f"Runs ranked by {ranked_by}; test is looked at once, for the chosen run.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_cell(row[c]) for c in cols) + " |" for row in rows]
+    if chosen_test:
+        lines += ["", f"Chosen: {chosen}. Its test accuracy {chosen_test['accuracy']:.4f}, cross-entropy "
+                      f"{chosen_test['cross_entropy']:.4f} on {chosen_test['count']} images (best/metrics.json)."]
     (output / TABLE_MD).write_text("\n".join(lines) + "\n")

@@ -22,23 +22,52 @@ from brandlens.errors import ConfigError
 from trainer import evaluate as ev
 from trainer.config import HParams, TrainConfig, parse_class_weights
 from trainer.data import BottleneckData, SplitData, load_bottlenecks
-from trainer.model import HeadWeights, Optimizer, loss_and_gradients, predict_scores, zeros
+from trainer.model import (ADAPT_BLOCKS, HeadWeights, build_blocks_model, build_head_model, fit_temperature,
+                           make_optimizer, predict_scores, set_seed, weights_of)
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.csv"
 TENSORBOARD_DIR = "tensorboard"
+TRAIN_CHECK_ROWS = 512
 
 
 @dataclass
 class FitResult:
-    weights: HeadWeights            # float32, from the best validation check
+    weights: HeadWeights            # float32, from the best validation check (temperature set when calibrated)
     history: list[dict]             # one row per check: step, epoch, train/validation accuracy and cross-entropy
     best_step: int
     steps_run: int
     stopped_early: bool
     class_weights: dict[str, float]
+    logits_fn: object = None        # rows of a SplitData -> float32 logits [N, C] of the best weights (before temperature)
+
+    def logits(self, split: SplitData) -> np.ndarray:
+        if self.logits_fn is None:
+            w = self.weights.as_float32()
+            return np.asarray(split.x, np.float32) @ w.kernel + w.bias
+        return self.logits_fn(split)
+
+    def scores(self, split: SplitData) -> np.ndarray:
+        """Softmax scores of the best weights, calibrated by their temperature: what the export serves."""
+        if not self.weights.adapts_blocks:
+            return predict_scores(self.weights, split.x)
+        logits = self.logits(split)
+        if self.weights.temperature != 1.0:
+            logits = logits / np.float32(self.weights.temperature)
+        return ev.softmax(logits.astype(np.float32)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """What ``adapt=blocks`` trains from: the backbone's blocks after ``cut`` (artifact variables) and the transform."""
+
+    network: object
+    specs: list
+    cut: int
+    scale: np.ndarray
+    shift: np.ndarray
 
 
 def class_weight_vector(spec: str, labels: list[str], y: np.ndarray) -> np.ndarray:
@@ -54,37 +83,93 @@ def class_weight_vector(spec: str, labels: list[str], y: np.ndarray) -> np.ndarr
     return np.array([parsed.get(label, 1.0) for label in labels])
 
 
-def _check(weights: HeadWeights, split: SplitData) -> tuple[float, float]:
-    scores = predict_scores(weights, split.x)
-    return ev.accuracy(scores.argmax(axis=1), split.y), ev.cross_entropy(scores, split.y)
+def _inputs(split: SplitData, blocks: Blocks | None) -> np.ndarray:
+    if blocks is None:
+        return split.x
+    if split.maps.ndim != 4:
+        raise ConfigError("adapt=blocks needs bottlenecks written with --cut (the maps entering the cut block); "
+                          "these hold pooled embeddings only")
+    return split.maps
 
 
-def fit(train: SplitData, validation: SplitData, labels: list[str], hp: HParams) -> FitResult:
-    """Mini-batch training; the same data, hyperparameters and seed give the same weights."""
+def fit(train: SplitData, validation: SplitData, labels: list[str], hp: HParams, blocks: Blocks | None = None) -> FitResult:
+    """Mini-batch training with Keras optimizers; the same data, hyperparameters and seed give the same weights.
+
+    Validation cross-entropy is checked every ``eval_every`` steps; the best
+    check's weights are kept and training stops after ``patience`` checks
+    without improvement. ``adapt=blocks`` trains the backbone's blocks at
+    ``block_learning_rate_scale`` times the head's learning rate, with
+    horizontally mirrored maps as augmentation (``mirror_maps``).
+    """
+    import keras
+    import tensorflow as tf
+
+    if hp.adapt == ADAPT_BLOCKS and blocks is None:
+        raise ConfigError("adapt=blocks needs the backbone artifact and bottlenecks written with --cut")
+    blocks = blocks if hp.adapt == ADAPT_BLOCKS else None
+    set_seed(hp.seed)
     rng = np.random.default_rng(hp.seed)
-    x = train.x.astype(np.float64)
-    n = len(train)
+    x_train, x_val = _inputs(train, blocks), _inputs(validation, blocks)
+    n, num_classes = len(train), len(labels)
     per_class = class_weight_vector(hp.class_weights, labels, train.y)
-    sample_weight = per_class[train.y]
+    sample_weight = per_class[train.y].astype(np.float32)
     steps_per_epoch = math.ceil(n / hp.batch_size)
     max_steps = hp.steps or hp.epochs * steps_per_epoch
-    weights = zeros(x.shape[1], len(labels))
-    optimizer = Optimizer(hp.optimizer, hp.learning_rate, weights)
+    if blocks is None:
+        model, names = build_head_model(x_train.shape[1], num_classes, hp.l2, hp.dropout, hp.seed), None
+    else:
+        model, names = build_blocks_model(blocks.network, blocks.specs, blocks.cut, x_train.shape[1:], blocks.scale,
+                                          blocks.shift, num_classes, hp.l2, hp.dropout, hp.seed)
+    head_vars = list(model.get_layer("head").trainable_variables)
+    head_ids = {id(v) for v in head_vars}
+    block_vars = [v for v in model.trainable_variables if id(v) not in head_ids]
+    head_opt = make_optimizer(hp.optimizer, hp.learning_rate)
+    block_opt = make_optimizer(hp.optimizer, hp.learning_rate * hp.block_learning_rate_scale) if block_vars else None
+    smoothing = float(hp.label_smoothing)
+
+    spec = tf.TensorSpec([None, *x_train.shape[1:]], tf.float32)
+
+    @tf.function(input_signature=[spec, tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.float32)])
+    def train_step(xb, yb, wb):
+        with tf.GradientTape() as tape:
+            logits = model(xb, training=True)
+            per_row = keras.losses.categorical_crossentropy(tf.one_hot(yb, num_classes), logits, from_logits=True,
+                                                            label_smoothing=smoothing)
+            loss = tf.reduce_sum(wb * per_row) / tf.cast(tf.shape(xb)[0], tf.float32)
+            if model.losses:
+                loss = loss + tf.add_n(model.losses)
+        grads = tape.gradient(loss, head_vars + block_vars)
+        head_opt.apply_gradients(zip(grads[:len(head_vars)], head_vars))
+        if block_opt is not None:
+            block_opt.apply_gradients(zip(grads[len(head_vars):], block_vars))
+        return loss
+
+    @tf.function(input_signature=[spec])
+    def infer(xb):
+        return model(xb, training=False)
+
+    def logits_of(x: np.ndarray) -> np.ndarray:
+        parts = [infer(tf.constant(np.asarray(x[i:i + 256], np.float32))).numpy() for i in range(0, len(x), 256)]
+        return np.concatenate(parts) if parts else np.zeros((0, num_classes), np.float32)
+
     history: list[dict] = []
-    best, best_ce, best_step, bad_checks = weights.as_float32(), math.inf, 0, 0
-    order, position = rng.permutation(n), 0
-    stopped_early = False
-    step = 0
+    best, best_ce, best_step, bad_checks = model.get_weights(), math.inf, 0, 0
+    order, position, step, stopped_early = rng.permutation(n), 0, 0, False
+
+    # Train figures on a fixed sample: with adapted blocks a pass over all training maps per check would cost more
+    # than the steps between checks.
+    train_rows = np.sort(rng.permutation(n)[:TRAIN_CHECK_ROWS]) if blocks is not None and n > TRAIN_CHECK_ROWS else np.arange(n)
 
     def record() -> None:
         nonlocal best, best_ce, best_step, bad_checks
-        current = weights.as_float32()
-        train_acc, train_ce = _check(current, train)
-        val_acc, val_ce = _check(current, validation)
-        history.append({"step": step, "epoch": step / steps_per_epoch, "train_accuracy": train_acc,
-                        "train_cross_entropy": train_ce, "validation_accuracy": val_acc, "validation_cross_entropy": val_ce})
-        if val_ce < best_ce:
-            best, best_ce, best_step, bad_checks = current, val_ce, step, 0
+        row = {"step": step, "epoch": step / steps_per_epoch}
+        for name, x, y in (("train", x_train[train_rows], train.y[train_rows]), ("validation", x_val, validation.y)):
+            scores = ev.softmax(logits_of(x))
+            row[f"{name}_accuracy"] = ev.accuracy(scores.argmax(axis=1), y)
+            row[f"{name}_cross_entropy"] = ev.cross_entropy(scores, y)
+        history.append(row)
+        if row["validation_cross_entropy"] < best_ce:
+            best, best_ce, best_step, bad_checks = model.get_weights(), row["validation_cross_entropy"], step, 0
         else:
             bad_checks += 1
 
@@ -94,20 +179,27 @@ def fit(train: SplitData, validation: SplitData, labels: list[str], hp: HParams)
             order, position = rng.permutation(n), 0
         batch = order[position:position + hp.batch_size]
         position += hp.batch_size
-        xb = x[batch]
-        if hp.dropout:
-            xb = xb * (rng.random(xb.shape) >= hp.dropout) / (1.0 - hp.dropout)
-        _, grads = loss_and_gradients(weights, xb, train.y[batch], sample_weight[batch], hp.l2, hp.label_smoothing)
-        optimizer.apply(weights, grads)
+        xb = np.asarray(x_train[batch], np.float32)
+        if blocks is not None and hp.mirror_maps:
+            mirrored = rng.random(len(batch)) < 0.5
+            xb[mirrored] = xb[mirrored, :, ::-1]
+        train_step(tf.constant(xb), tf.constant(train.y[batch], tf.int64), tf.constant(sample_weight[batch]))
         step += 1
         if step % hp.eval_every == 0 or step == max_steps:
             record()
             if hp.patience and bad_checks >= hp.patience:
                 stopped_early = step < max_steps
                 break
-    log.info("trained %d steps (best validation cross-entropy %.4f at step %d%s)", step, best_ce, best_step,
-             ", stopped early" if stopped_early else "")
-    return FitResult(best, history, best_step, step, stopped_early, dict(zip(labels, map(float, per_class))))
+    model.set_weights(best)
+    weights = weights_of(model, names)
+    logits_fn = None if blocks is None else (lambda split: logits_of(_inputs(split, blocks)))
+    if hp.calibrate:
+        val_logits = logits_of(x_val) if blocks is not None else np.asarray(x_val, np.float32) @ weights.kernel + weights.bias
+        weights.temperature = fit_temperature(val_logits, validation.y)
+    log.info("trained %s for %d steps (best validation cross-entropy %.4f at step %d%s; temperature %.3f)",
+             "blocks %d.. + head" % blocks.cut if blocks else "the head", step, best_ce, best_step,
+             ", stopped early" if stopped_early else "", weights.temperature)
+    return FitResult(weights, history, best_step, step, stopped_early, dict(zip(labels, map(float, per_class))), logits_fn)
 
 
 @dataclass
@@ -123,13 +215,28 @@ class RunResult:
         return None if self.threshold is None else self.threshold["threshold"]
 
 
-def train_and_evaluate(data: BottleneckData, hp: HParams, target_precision: float | None = None) -> RunResult:
-    """Fit, pick the threshold on validation, then score test once with everything fixed."""
+def blocks_for(data: BottleneckData, hp: HParams, artifact_root) -> Blocks | None:
+    """The backbone's blocks after the data's cut, from the artifact, when ``hp`` adapts them."""
+    if hp.adapt != ADAPT_BLOCKS:
+        return None
+    if data.cut is None:
+        raise ConfigError(f"adapt=blocks needs bottlenecks written with --cut; {data.root} holds pooled embeddings only "
+                          "(rerun 'brandlens bottlenecks' with --cut N)")
+    from brandlens.backbones.artifact import load_backbone
+    from trainer.data import locate_artifact
+
+    backbone = load_backbone(locate_artifact(data.fingerprint, artifact_root))
+    return Blocks(backbone.network, backbone.block_specs, backbone.check_cut(data.cut), data.scale, data.shift)
+
+
+def train_and_evaluate(data: BottleneckData, hp: HParams, target_precision: float | None = None,
+                       blocks: Blocks | None = None, fitted: FitResult | None = None) -> RunResult:
+    """Fit (unless ``fitted``, the same run done already), pick the threshold on validation, then score test once."""
     if target_precision is not None and data.neither_label is None:
         raise ConfigError("--target-precision needs an open world (a 'neither' class in the data); this data is closed world")
-    result = fit(data.splits["train"], data.splits["validation"], data.labels, hp)
+    result = fitted or fit(data.splits["train"], data.splits["validation"], data.labels, hp, blocks)
     validation = data.splits["validation"]
-    result_scores = {"validation": predict_scores(result.weights, validation.x)}
+    result_scores = {"validation": result.scores(validation)}
     threshold = None
     if target_precision is not None:
         threshold = ev.choose_threshold(result_scores["validation"], validation.y, data.neither_index, target_precision)
@@ -138,7 +245,7 @@ def train_and_evaluate(data: BottleneckData, hp: HParams, target_precision: floa
                         target_precision, threshold["threshold"], threshold["precision"])
     run = RunResult(hp, result, threshold, result_scores)
     test = data.splits["test"]
-    run.scores["test"] = predict_scores(result.weights, test.x)
+    run.scores["test"] = result.scores(test)
     for split in ("validation", "test"):
         run.metrics[split] = ev.evaluate(run.scores[split], data.splits[split].y, data.labels, data.neither_index,
                                          run.threshold_value)
@@ -192,8 +299,12 @@ def _prepare_output(output: Path, overwrite: bool) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
 
-def run_training(config: TrainConfig, data: BottleneckData | None = None) -> dict:
-    """The ``brandlens train`` command: returns what it wrote into metrics.json."""
+def run_training(config: TrainConfig, data: BottleneckData | None = None, fitted: FitResult | None = None) -> dict:
+    """The ``brandlens train`` command: returns what it wrote into metrics.json.
+
+    ``fitted``: the search's own fit of these hyperparameters on this data (same seed, so the same weights),
+    which is then not trained again.
+    """
     from trainer import report
 
     started = time.time()
@@ -204,7 +315,8 @@ def run_training(config: TrainConfig, data: BottleneckData | None = None) -> dic
 
         locate_artifact(data.fingerprint, config.artifact_root)  # fail before training, not after
     _prepare_output(config.output, config.overwrite)
-    run = train_and_evaluate(data, config.hparams, config.target_precision)
+    run = train_and_evaluate(data, config.hparams, config.target_precision,
+                             None if fitted else blocks_for(data, config.hparams, config.artifact_root), fitted)
     metrics = {
         "labels": data.labels,
         "neither_label": data.neither_label,

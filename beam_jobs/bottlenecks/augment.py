@@ -18,6 +18,12 @@ from beam_jobs.bottlenecks.labels import Box
 
 AUGMENT_VERSION = "v1"
 LOGO_VERSION = "v1"
+BACKGROUND_VERSION = "v1"
+BACKGROUND_SIDES = ("left", "right", "top", "bottom")
+# A background strip must keep this share of the image's side across it and of its area, else it is skipped:
+# thin slivers say nothing about a photo without the logo.
+MIN_BACKGROUND_SIDE = 0.3
+MIN_BACKGROUND_AREA = 0.15
 DEFAULT_LOGO_MARGIN = 0.25
 
 # Mild on purpose: the classifier learns brands, and strong colour changes alter brand colours.
@@ -29,6 +35,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 ORIGINAL = "original"
 AUGMENTED = "augmented"
 LOGO = "logo"
+BACKGROUND = "background"  # a strip of a logo photo outside all its logo boxes: an in-domain photo without the brand
 
 
 @dataclass(frozen=True)
@@ -53,11 +60,42 @@ def logo_variant_name(box: Box, margin: float = DEFAULT_LOGO_MARGIN) -> str:
     return f"logo-{LOGO_VERSION}-m{_number(margin)}-" + "_".join(_number(v) for v in box)
 
 
-def variants(original_name: str, augment_count: int = 0, boxes=(), margin: float = DEFAULT_LOGO_MARGIN) -> list[Variant]:
-    """The original, ``augment_count`` augmentations and one logo crop per box, in that order."""
+def background_variant_name(side: str) -> str:
+    return f"bg-{BACKGROUND_VERSION}-{side}"
+
+
+def variants(original_name: str, augment_count: int = 0, boxes=(), margin: float = DEFAULT_LOGO_MARGIN,
+             background_boxes=()) -> list[Variant]:
+    """The original, ``augment_count`` augmentations, one logo crop per box, then the background strips.
+
+    ``background_boxes`` are all logo boxes of the image: each strip beside their union is a candidate.
+    """
+    union = _union(background_boxes)
     return ([Variant(original_name)]
             + [Variant(augment_variant_name(i), AUGMENTED, index=i) for i in range(1, augment_count + 1)]
-            + [Variant(logo_variant_name(box, margin), LOGO, box=tuple(box)) for box in boxes])
+            + [Variant(logo_variant_name(box, margin), LOGO, box=tuple(box)) for box in boxes]
+            + ([Variant(background_variant_name(side), BACKGROUND, index=i, box=union)
+                for i, side in enumerate(BACKGROUND_SIDES)] if union else []))
+
+
+def _union(boxes) -> Box | None:
+    boxes = [tuple(b) for b in boxes]
+    if not boxes:
+        return None
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def background_strip(rgb: np.ndarray, union: Box, side: str) -> np.ndarray | None:
+    """The part of the image on ``side`` of the logo boxes' union, or None when it is too small to stand for a photo."""
+    height, width = rgb.shape[:2]
+    x1, y1, x2, y2 = (int(round(v)) for v in union)
+    left, top, right, bottom = {"left": (0, 0, min(x1, width), height), "right": (max(x2, 0), 0, width, height),
+                                "top": (0, 0, width, min(y1, height)), "bottom": (0, max(y2, 0), width, height)}[side]
+    w, h = right - left, bottom - top
+    across = w / width if side in ("left", "right") else h / height
+    if w <= 0 or h <= 0 or across < MIN_BACKGROUND_SIDE or w * h < MIN_BACKGROUND_AREA * width * height:
+        return None
+    return np.ascontiguousarray(rgb[top:bottom, left:right])
 
 
 def _rng(content_hash: str, index: int) -> np.random.Generator:
@@ -83,8 +121,11 @@ def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
 
 
-def render(rgb: np.ndarray, content_hash: str, variant: Variant, margin: float = DEFAULT_LOGO_MARGIN) -> np.ndarray:
-    """The pixels of ``variant``: the same on every run. Logo boxes outside the image raise ValueError."""
+def render(rgb: np.ndarray, content_hash: str, variant: Variant, margin: float = DEFAULT_LOGO_MARGIN) -> np.ndarray | None:
+    """The pixels of ``variant``: the same on every run. Logo boxes outside the image raise ValueError;
+    a background strip too small to use is None."""
+    if variant.kind == BACKGROUND:
+        return background_strip(rgb, variant.box, BACKGROUND_SIDES[variant.index])
     if variant.kind == AUGMENTED:
         return augment(rgb, _rng(content_hash, variant.index))
     if variant.kind == LOGO:

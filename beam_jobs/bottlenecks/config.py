@@ -8,6 +8,7 @@ import posixpath
 from dataclasses import dataclass, field
 
 from beam_jobs.bottlenecks.augment import DEFAULT_LOGO_MARGIN
+from beam_jobs.bottlenecks.labels import parse_label_map
 from beam_jobs.bottlenecks.splits import DEFAULT_FRACTIONS, check_fractions, parse_fractions
 from beam_jobs.common.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BYTES, DEFAULT_PROGRESS_INTERVAL_S
 from beam_jobs.common.inputs import FORMAT_AUTO, INPUT_FORMATS, InputSpec
@@ -46,6 +47,13 @@ def _fractions_arg(text: str) -> tuple[float, float, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _label_map_arg(specs) -> tuple[tuple[str, str], ...]:
+    try:
+        return parse_label_map(specs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class BottleneckConfig:
     input: str
@@ -58,6 +66,10 @@ class BottleneckConfig:
     augment: int = 0
     logo_crops: bool = False
     logo_margin: float = DEFAULT_LOGO_MARGIN
+    background_crops: bool = False  # strips of logo photos outside their boxes, as background_label examples
+    background_label: str = "neither"
+    label_map: tuple[tuple[str, str], ...] = ()  # (from, to): labels renamed before --labels is checked
+    cut: int | None = None  # also store the backbone's map entering this block (for the trainer's --adapt blocks)
     batch_size: int = DEFAULT_BATCH_SIZE
     cache: str | None = None  # None: default_cache(output)
     use_cache: bool = True
@@ -90,6 +102,12 @@ class BottleneckConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.logo_margin < 0:
             raise ConfigError(f"logo margin must be >= 0, got {self.logo_margin}")
+        if self.cut is not None and self.cut < 1:
+            raise ConfigError(f"cut must be a block number >= 1, got {self.cut}")
+        try:
+            set_("label_map", parse_label_map(f"{a}={b}" for a, b in self.label_map))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def input_spec(self) -> InputSpec:
@@ -116,14 +134,26 @@ class BottleneckConfig:
                           help="comma-separated allowed labels; other labels are dead-lettered (default: any label)")
         data.add_argument("--splits", type=_fractions_arg, default=DEFAULT_FRACTIONS, metavar="TRAIN,VAL,TEST",
                           help="fractions for images without a manifest split, assigned by content hash (default 0.8,0.1,0.1)")
+        data.add_argument("--label-map", action="append", default=[], metavar="FROM[,FROM...]=TO",
+                          help="rename labels before anything else, e.g. --label-map asics,puma,vans=neither to add other "
+                               "brands' photos as hard negatives of an open world; repeatable")
         data.add_argument("--augment", type=int, default=0, metavar="N",
                           help="N deterministic variants (crop, flip, colour) per training image (default %(default)s)")
         data.add_argument("--logo-crops", action="store_true",
                           help="one extra training example per logo box (x1,y1,x2,y2 in the manifest), cropped around it")
+        data.add_argument("--background-crops", action="store_true",
+                          help="training photos with logo boxes also give their strips outside every box (left, right, "
+                               "top, bottom; each >= 30%% across and 15%% of the area) as --background-label examples: "
+                               "photos without the brand from the same source as the brand photos")
+        data.add_argument("--background-label", default="neither",
+                          help="label of the background strips (default %(default)s: the open-world class)")
         data.add_argument("--logo-margin", type=float, default=DEFAULT_LOGO_MARGIN,
                           help="context around a logo box, as a fraction of its size (default %(default)s)")
 
         work = parser.add_argument_group("embedding and cache")
+        work.add_argument("--cut", type=int, default=None, metavar="BLOCK",
+                          help="also store the backbone's feature map entering this block (EfficientNet-Lite; e.g. 19 of "
+                               "lite2's 0..20), so 'brandlens train --adapt blocks' can train the blocks after it")
         work.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per CNN batch (default %(default)s)")
         work.add_argument("--cache", default=None,
                           help="embedding cache folder (default: <output>/../embedding-cache, shared by sibling runs)")
@@ -142,7 +172,9 @@ class BottleneckConfig:
         return cls(
             input=args.input, output=args.output, input_format=args.input_format, base_uri=args.base_uri,
             uri_column=args.uri_column, labels=args.labels, split_fractions=args.splits, augment=args.augment,
-            logo_crops=args.logo_crops, logo_margin=args.logo_margin, batch_size=args.batch_size, cache=args.cache,
+            logo_crops=args.logo_crops, logo_margin=args.logo_margin, background_crops=args.background_crops,
+            background_label=args.background_label, label_map=_label_map_arg(args.label_map),
+            cut=args.cut, batch_size=args.batch_size, cache=args.cache,
             use_cache=not args.no_cache, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
             num_shards=args.num_shards, overwrite=args.overwrite, progress_interval=args.progress_interval,
             backbone=BackboneConfig.from_args(args), runner=RunnerConfig.from_args(args),
@@ -154,7 +186,9 @@ class BottleneckConfig:
             "input": self.input, "input_format": self.input_spec.resolved_format, "base_uri": self.base_uri,
             "uri_column": self.uri_column,
             "labels": list(self.labels), "split_fractions": list(self.split_fractions), "augment": self.augment,
-            "logo_crops": self.logo_crops, "logo_margin": self.logo_margin, "batch_size": self.batch_size,
+            "logo_crops": self.logo_crops, "logo_margin": self.logo_margin,
+            "background_crops": self.background_crops, "background_label": self.background_label, "batch_size": self.batch_size,
+            "label_map": dict(self.label_map), "cut": self.cut,
             "cache": self.cache if self.use_cache else None, "max_bytes": self.max_bytes, "max_pixels": self.max_pixels,
             "runner": self.runner.runner, "backbone": self.backbone.name,
         }

@@ -117,6 +117,20 @@ def _vocabulary(transform_dir: str) -> list[str]:
             for v in tft.TFTransformOutput(transform_dir).vocabulary_by_name(LABEL_VOCABULARY)]
 
 
+def _cut_map_shape(artifact_dir: str, cut: int | None) -> list[int] | None:
+    """The stored maps' shape, checked before anything runs (a cut must name a block of this backbone)."""
+    if cut is None:
+        return None
+    import numpy as np
+
+    from brandlens.backbones.artifact import load_backbone
+
+    backbone = load_backbone(artifact_dir)
+    backbone.check_cut(cut)
+    size = backbone.input_size
+    return list(backbone.run_with_cut(np.zeros((1, size, size, 3), np.float32), cut)["cut_map"].shape[1:])
+
+
 def summarise(counters: dict[str, int]) -> tuple[dict, dict, dict]:
     """(counts, labels per split, reconciliation) from the job's counters."""
     counts = nest_counts(counters)
@@ -139,6 +153,7 @@ def run(config: BottleneckConfig) -> dict:
     prepare_output(config.output, config.overwrite)
     artifact_dir = str(config.backbone.materialize())
     fingerprint = read_fingerprint(artifact_dir)
+    cut_map_shape = _cut_map_shape(artifact_dir, config.cut)
     run_id = new_run_id(started_at)
     with FileSystems.create(f"{config.output}/{layout.BACKBONE}") as f:
         f.write(fingerprint.to_json().encode())
@@ -158,6 +173,7 @@ def run(config: BottleneckConfig) -> dict:
         "config": config.describe(),
         "output": config.output,
         "backbone": {**dataclasses.asdict(fingerprint), "version": fingerprint.version, "artifact": artifact_dir},
+        **({"cut_map_shape": cut_map_shape} if cut_map_shape else {}),
         "counts": counts,
         "labels": labels,
         "reconciliation": reconciliation,

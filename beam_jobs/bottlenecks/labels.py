@@ -82,8 +82,36 @@ def parse_box(metadata: dict) -> Box | None:
     return (x1, y1, x2, y2)
 
 
-def annotate(metadata: dict, labels: tuple[str, ...] = ()) -> Annotation:
-    """Label, split and box of a record, or Rejected with the dead-letter reason."""
+def parse_label_map(specs) -> tuple[tuple[str, str], ...]:
+    """``['asics,vans=neither', 'nike_sb=nike']`` -> ``(('asics', 'neither'), ('vans', 'neither'), ('nike_sb', 'nike'))``.
+
+    How hard negatives join an open world: another brand's shoes keep their own
+    label in their manifest and become ``neither`` for this model.
+    """
+    pairs: dict[str, str] = {}
+    for spec in specs:
+        sources, sep, target = str(spec).partition("=")
+        names = [s.strip() for s in sources.split(",") if s.strip()]
+        if not sep or not names or not target.strip():
+            raise ValueError(f"bad label map {spec!r}: use FROM[,FROM...]=TO, e.g. asics,vans=neither")
+        for name in names:
+            if pairs.get(name, target.strip()) != target.strip():
+                raise ValueError(f"label {name!r} is mapped twice ({pairs[name]!r} and {target.strip()!r})")
+            pairs[name] = target.strip()
+    return tuple(sorted(pairs.items()))
+
+
+def map_label(label: str, label_map: tuple[tuple[str, str], ...] = ()) -> str:
+    return dict(label_map).get(label, label)
+
+
+def annotate(metadata: dict, labels: tuple[str, ...] = (), label_map: tuple[tuple[str, str], ...] = ()) -> Annotation:
+    """Label (after ``label_map``), split and box of a record, or Rejected with the dead-letter reason.
+
+    ``labels`` (``--labels``) lists the allowed labels after mapping.
+    """
+    if label_map and (metadata.get("label") or "").strip():
+        metadata = {**metadata, "label": map_label(metadata["label"].strip(), label_map)}
     label = resolve_label(metadata, labels)
     try:
         split = normalise_split(metadata.get("split"))

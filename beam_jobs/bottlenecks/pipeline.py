@@ -32,7 +32,7 @@ from beam_jobs.common.sources import FORMAT_WEBDATASET, ReadImages
 from brandlens.backbones.artifact import BackboneFingerprint
 from brandlens.imaging import content_hash
 from schemas import layout
-from schemas.bottleneck import ORIGINAL_VARIANT, SPLITS, BottleneckRecord, to_example_bytes
+from schemas.bottleneck import ORIGINAL_VARIANT, SPLITS, BottleneckRecord, encode_cut_map, to_example_bytes
 from schemas.dead_letter import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,15 @@ class ExampleKey:
     split: str
     variant: str
 
-    def record(self, embedding, backbone: str) -> BottleneckRecord:
-        return BottleneckRecord(self.content_hash, self.uri, self.label, self.split, self.variant, embedding, backbone)
+    def record(self, value, backbone: str) -> BottleneckRecord:
+        """``value``: the embedding, or (embedding, cut map) with ``--cut`` (the map as float16 bytes or an array)."""
+        if isinstance(value, tuple):
+            embedding, cut_map = value
+            cut_map = cut_map if isinstance(cut_map, bytes) else encode_cut_map(cut_map)
+        else:
+            embedding, cut_map = value, b""
+        return BottleneckRecord(self.content_hash, self.uri, self.label, self.split, self.variant, embedding, backbone,
+                                cut_map)
 
 
 class BottleneckOutputs(NamedTuple):
@@ -64,10 +71,10 @@ class BottleneckOutputs(NamedTuple):
     new_cache_entries: beam.PCollection  # (content_hash, variant, embedding)
 
 
-def _annotate(record: ImageRecord, labels, fractions, content_hash_: str | None = None):
+def _annotate(record: ImageRecord, labels, fractions, content_hash_: str | None = None, label_map=()):
     """(Candidate or None, DeadLetter or None) for a record; the split needs the content hash."""
     try:
-        annotation = annotate(record.metadata, labels)
+        annotation = annotate(record.metadata, labels, label_map)
     except Rejected as exc:
         return None, record.dead_letter(STAGE_LABEL, exc.reason, exc.message)
     if content_hash_ is None:
@@ -79,21 +86,21 @@ def _annotate(record: ImageRecord, labels, fractions, content_hash_: str | None 
 class _CheckLabelsDoFn(beam.DoFn):
     """Dead-letter rows with missing or unknown labels before any bytes are read for them."""
 
-    def __init__(self, labels):
-        self._labels = labels
+    def __init__(self, labels, label_map=()):
+        self._labels, self._label_map = labels, label_map
 
     def process(self, record: ImageRecord):
-        _, dead = _annotate(record, self._labels, None)
+        _, dead = _annotate(record, self._labels, None, None, self._label_map)
         yield record if dead is None else beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
 
 
 class _HashAndLabelDoFn(beam.DoFn):
-    def __init__(self, labels, fractions):
-        self._labels, self._fractions = labels, fractions
+    def __init__(self, labels, fractions, label_map=()):
+        self._labels, self._fractions, self._label_map = labels, fractions, label_map
 
     def process(self, record: ImageRecord):
         digest = content_hash(record.data)
-        candidate, dead = _annotate(record, self._labels, self._fractions, digest)
+        candidate, dead = _annotate(record, self._labels, self._fractions, digest, self._label_map)
         if dead is not None:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
         else:
@@ -106,6 +113,7 @@ class _PlanDoFn(beam.DoFn):
     def __init__(self, config: BottleneckConfig, backbone: str):
         self._augment = config.augment
         self._logo_crops = config.logo_crops
+        self._background_label = config.background_label if config.background_crops else None
         self._logo_margin = config.logo_margin
         self._max_pixels = config.max_pixels
         self._backbone = backbone
@@ -114,7 +122,8 @@ class _PlanDoFn(beam.DoFn):
     def _wanted(self, split: str, boxes) -> list[aug.Variant]:
         if split != "train":
             return aug.variants(ORIGINAL_VARIANT)
-        return aug.variants(ORIGINAL_VARIANT, self._augment, boxes if self._logo_crops else (), self._logo_margin)
+        return aug.variants(ORIGINAL_VARIANT, self._augment, boxes if self._logo_crops else (), self._logo_margin,
+                            boxes if self._background_label else ())
 
     def process(self, element):
         digest, group = element
@@ -142,7 +151,10 @@ class _PlanDoFn(beam.DoFn):
                 return
             requests = list(self._variant_pixels(rgb, digest, missing))
 
-        key = lambda variant: ExampleKey(digest, kept.uri, kept.record_id, kept.label, kept.split, variant)  # noqa: E731
+        def key(name: str) -> ExampleKey:
+            label = self._background_label if name.startswith("bg-") else kept.label
+            return ExampleKey(digest, kept.uri, kept.record_id, label, kept.split, name)
+
         for variant in wanted:
             if variant.name in cached:
                 self._counters.inc(CACHE_HITS)
@@ -156,7 +168,11 @@ class _PlanDoFn(beam.DoFn):
     def _variant_pixels(self, rgb, digest: str, variants):
         for variant in variants:
             try:
-                yield variant, aug.render(rgb, digest, variant, self._logo_margin)
+                pixels = aug.render(rgb, digest, variant, self._logo_margin)
+                if pixels is None:
+                    self._counters.inc("background_strips_too_small")
+                    continue
+                yield variant, pixels
             except ValueError as exc:  # a logo box beyond the image: the image itself is fine
                 self._counters.inc("logo_boxes_outside_image")
                 log.warning("no logo crop %s for %s: %s", variant.name, digest[:12], exc)
@@ -228,17 +244,17 @@ def build_pipeline(pipeline, config: BottleneckConfig, artifact_dir: str, finger
     records = read["records"] | "CountRead" >> CountAs(NAMESPACE, READ)
     read_dead = read[DEAD_LETTER_TAG] | "CountReadDeadLetters" >> CountAs(NAMESPACE, READ)
 
-    checked = records | "CheckLabels" >> beam.ParDo(_CheckLabelsDoFn(labels)).with_outputs(DEAD_LETTER_TAG, main="records")
+    checked = records | "CheckLabels" >> beam.ParDo(_CheckLabelsDoFn(labels, config.label_map)).with_outputs(DEAD_LETTER_TAG, main="records")
     to_fetch = checked["records"]
     if spec.resolved_format != FORMAT_WEBDATASET:  # shards were spread already, and their records carry bytes
         to_fetch = to_fetch | "Redistribute" >> beam.Reshuffle()
     fetched = to_fetch | "Fetch" >> FetchImageBytes(config.max_bytes)
     hashed = (fetched["records"]
               | "LogFetched" >> LogProgress("images read", config.progress_interval)
-              | "HashAndLabel" >> beam.ParDo(_HashAndLabelDoFn(labels, fractions)).with_outputs(DEAD_LETTER_TAG, main="candidates"))
+              | "HashAndLabel" >> beam.ParDo(_HashAndLabelDoFn(labels, fractions, config.label_map)).with_outputs(DEAD_LETTER_TAG, main="candidates"))
 
     if config.use_cache:
-        folder = cache_folder(config.cache, fingerprint.directory_name)
+        folder = cache_folder(config.cache, fingerprint.directory_name, config.cut)
         cached = pipeline | "ReadCache" >> ReadEmbeddingCache(folder, backbone, NAMESPACE)
     else:
         cached = pipeline | "NoCache" >> beam.Create([])
@@ -248,17 +264,19 @@ def build_pipeline(pipeline, config: BottleneckConfig, artifact_dir: str, finger
         | "Plan" >> beam.ParDo(_PlanDoFn(config, backbone)).with_outputs(REQUESTS_TAG, DEAD_LETTER_TAG, main="ready")
     )
     embedded = planned[REQUESTS_TAG] | "Embed" >> EmbedImages(
-        artifact_dir, config.batch_size, NAMESPACE, config.progress_interval)
+        artifact_dir, config.batch_size, NAMESPACE, config.progress_interval, config.cut)
     new_examples = embedded["embeddings"] | "ToRecords" >> beam.MapTuple(lambda key, emb: key.record(emb, backbone))
     embed_dead = embedded[FAILED_TAG] | "EmbedFailures" >> beam.FlatMap(_embedding_failure, counters)
 
     examples = (planned["ready"], new_examples) | "AllExamples" >> beam.Flatten()
     examples | "WriteExamples" >> WriteExamples(config.output, config.num_shards)
 
-    new_entries = embedded["embeddings"] | "CacheEntries" >> beam.MapTuple(lambda key, emb: (key.content_hash, key.variant, emb))
+    new_entries = embedded["embeddings"] | "CacheEntries" >> beam.MapTuple(
+        lambda key, value: (key.content_hash, key.variant,
+                            value if not isinstance(value, tuple) else (value[0], encode_cut_map(value[1]))))
     if config.use_cache:
         new_entries | "WriteCache" >> WriteEmbeddingCache(
-            cache_folder(config.cache, fingerprint.directory_name), run_id, backbone, config.num_shards)
+            cache_folder(config.cache, fingerprint.directory_name, config.cut), run_id, backbone, config.num_shards)
 
     dead_letters = (
         (read_dead, checked[DEAD_LETTER_TAG], fetched[DEAD_LETTER_TAG], hashed[DEAD_LETTER_TAG],

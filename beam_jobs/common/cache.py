@@ -23,15 +23,19 @@ from apache_beam.io.tfrecordio import ReadAllFromTFRecord, _TFRecordSink
 from beam_jobs.common.accounting import Counters
 
 SUFFIX = ".tfrecord.gz"
-_HASH, _VARIANT, _BACKBONE, _EMBEDDING = "content_hash", "variant", "backbone", "embedding"
+_HASH, _VARIANT, _BACKBONE, _EMBEDDING, _CUT_MAP = "content_hash", "variant", "backbone", "embedding", "cut_map"
 
 
-def cache_folder(cache_root: str, backbone_directory_name: str) -> str:
-    """The folder of one backbone's entries under the cache root."""
-    return FileSystems.join(cache_root, backbone_directory_name)
+def cache_folder(cache_root: str, backbone_directory_name: str, cut: int | None = None) -> str:
+    """The folder of one backbone's entries under the cache root; runs with ``--cut N`` keep theirs apart.
+
+    An entry of a cut folder holds the map entering block N besides the embedding.
+    """
+    name = backbone_directory_name if cut is None else f"{backbone_directory_name}-cut{cut}"
+    return FileSystems.join(cache_root, name)
 
 
-def encode_entry(content_hash: str, variant: str, backbone: str, embedding: np.ndarray) -> bytes:
+def encode_entry(content_hash: str, variant: str, backbone: str, embedding: np.ndarray, cut_map: bytes = b"") -> bytes:
     from tensorflow.core.example import example_pb2
 
     example = example_pb2.Example()
@@ -40,16 +44,26 @@ def encode_entry(content_hash: str, variant: str, backbone: str, embedding: np.n
     features[_VARIANT].bytes_list.value.append(variant.encode())
     features[_BACKBONE].bytes_list.value.append(backbone.encode())
     features[_EMBEDDING].float_list.value.extend(np.asarray(embedding, np.float32).ravel().tolist())
+    if cut_map:
+        features[_CUT_MAP].bytes_list.value.append(cut_map)
     return example.SerializeToString()
 
 
-def decode_entry(data: bytes) -> tuple[str, str, str, np.ndarray]:
-    """(content_hash, variant, backbone, embedding) of one cache record."""
+def decode_entry(data: bytes) -> tuple[str, str, str, np.ndarray | tuple[np.ndarray, bytes]]:
+    """(content_hash, variant, backbone, embedding or (embedding, cut map bytes)) of one cache record."""
     from tensorflow.core.example import example_pb2
 
     features = example_pb2.Example.FromString(data).features.feature
     text = lambda name: features[name].bytes_list.value[0].decode()  # noqa: E731
-    return text(_HASH), text(_VARIANT), text(_BACKBONE), np.asarray(features[_EMBEDDING].float_list.value, np.float32)
+    embedding = np.asarray(features[_EMBEDDING].float_list.value, np.float32)
+    if _CUT_MAP in features:
+        embedding = (embedding, features[_CUT_MAP].bytes_list.value[0])
+    return text(_HASH), text(_VARIANT), text(_BACKBONE), embedding
+
+
+def _parts(value) -> tuple:
+    """A cached value is an embedding, or (embedding, cut map bytes) for a cut folder."""
+    return value if isinstance(value, tuple) else (value,)
 
 
 class ReadEmbeddingCache(beam.PTransform):
@@ -94,6 +108,6 @@ class WriteEmbeddingCache(beam.PTransform):
         sink.skip_if_empty = True
         return (
             entries
-            | "Encode" >> beam.MapTuple(lambda h, variant, emb: encode_entry(h, variant, backbone, emb))
+            | "Encode" >> beam.MapTuple(lambda h, variant, emb: encode_entry(h, variant, backbone, *_parts(emb)))
             | "Write" >> beam.io.Write(sink)
         )

@@ -33,8 +33,10 @@ class _SharedBackbone:
 
 
 class _EmbedBatchDoFn(beam.DoFn):
-    def __init__(self, artifact_dir: str, shared_handle: shared.Shared, namespace: str, progress_interval: float):
+    def __init__(self, artifact_dir: str, shared_handle: shared.Shared, namespace: str, progress_interval: float,
+                 cut: int | None = None):
         self._artifact_dir = artifact_dir
+        self._cut = cut
         self._shared_handle = shared_handle
         self._counters = Counters(namespace)
         self._progress_interval = progress_interval
@@ -51,7 +53,10 @@ class _EmbedBatchDoFn(beam.DoFn):
     def _embed(self, batch):
         fp = self._backbone.fingerprint
         prepared = np.stack([prepare_image(rgb, fp.input_size, fp.crop_fraction, fp.resize_mode) for _, rgb in batch])
-        return self._backbone.embed(prepared)
+        if self._cut is None:
+            return self._backbone.embed(prepared)
+        out = self._backbone.run_with_cut(prepared, self._cut)
+        return list(zip(out["embedding"], out["cut_map"]))
 
     def process(self, batch):
         try:
@@ -69,7 +74,7 @@ class _EmbedBatchDoFn(beam.DoFn):
         for key, embedding, error in results:
             if error is None:
                 done += 1
-                yield key, np.asarray(embedding, np.float32)
+                yield key, (np.asarray(embedding, np.float32) if self._cut is None else embedding)
             else:
                 self._counters.inc("embed_failures")
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, (key, error))
@@ -80,14 +85,17 @@ class _EmbedBatchDoFn(beam.DoFn):
 class EmbedImages(beam.PTransform):
     """``(key, HxWx3 uint8 RGB)`` -> ``(key, float32[D])``, prepared as the artifact's fingerprint says.
 
+    With ``cut`` the value is ``(embedding, map entering block cut)`` from one pass.
+
     Outputs: main ``embeddings`` and ``failed`` (``(key, message)``). Keys are
     carried untouched, so callers attach whatever identity they need. Counts
     ``cnn_embeddings`` and ``embed_failures`` in ``namespace``.
     """
 
     def __init__(self, artifact_dir: str, batch_size: int = DEFAULT_BATCH_SIZE, namespace: str = "beam_jobs",
-                 progress_interval: float = DEFAULT_PROGRESS_INTERVAL_S):
+                 progress_interval: float = DEFAULT_PROGRESS_INTERVAL_S, cut: int | None = None):
         super().__init__()
+        self._cut = cut
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self._artifact_dir = str(artifact_dir)
@@ -100,5 +108,5 @@ class EmbedImages(beam.PTransform):
             images
             | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
             | "Embed" >> beam.ParDo(_EmbedBatchDoFn(self._artifact_dir, shared.Shared(), self._namespace,
-                                                    self._progress_interval)).with_outputs(FAILED_TAG, main="embeddings")
+                                                    self._progress_interval, self._cut)).with_outputs(FAILED_TAG, main="embeddings")
         )

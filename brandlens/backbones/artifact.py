@@ -209,6 +209,52 @@ class Backbone:
     def embed(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)["embedding"]
 
+    @property
+    def block_specs(self) -> list[tuple[int, int, int, int, int]]:
+        """Per block (kernel, stride, expand, in, out); only EfficientNet-Lite artifacts can be cut between blocks."""
+        if self.fingerprint.name not in OFFLINE_BACKBONES:
+            raise ConfigError(f"only the EfficientNet-Lite backbones ({', '.join(OFFLINE_BACKBONES)}) can be cut between "
+                              f"blocks; {self.fingerprint.name} trains its head only")
+        from brandlens.backbones import efficientnet_lite
+
+        return efficientnet_lite.block_specs(efficientnet_lite.VARIANTS[self.fingerprint.name])
+
+    @property
+    def network(self):
+        """The reloaded network module (its variables), for the trainer that adapts the blocks after a cut."""
+        return self._loaded.net
+
+    def check_cut(self, cut: int) -> int:
+        blocks = len(self.block_specs)
+        if not 1 <= cut < blocks:
+            raise ConfigError(f"cut must name a block of {self.fingerprint.name}: 1..{blocks - 1} (the map entering that "
+                              f"block is stored and blocks cut..{blocks - 1} can be trained), got {cut}")
+        return cut
+
+    def run_with_cut(self, images: np.ndarray, cut: int) -> dict[str, np.ndarray]:
+        """Resized images -> {'embedding': [N, D], 'cut_map': [N, h, w, c]}: the map entering block ``cut`` too.
+
+        One pass computes both, with the same ops as the saved ``serving_default``.
+        """
+        import tensorflow as tf
+
+        fn = self._cut_functions.get(cut) if hasattr(self, "_cut_functions") else None
+        if fn is None:
+            from brandlens.backbones import efficientnet_lite as lite
+
+            specs, net, size = self.block_specs, self.network, self.input_size
+            self.check_cut(cut)
+
+            @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+            def fn(batch):
+                trunk = lite.run_blocks(net, lite.stem(net, lite.preprocess(batch)), specs, 0, cut)
+                final = lite.head_map(net, lite.run_blocks(net, trunk, specs, cut))
+                return {"embedding": tf.reduce_mean(final, axis=[1, 2]), "cut_map": trunk}
+
+            self._cut_functions = {**getattr(self, "_cut_functions", {}), cut: fn}
+        out = fn(tf.convert_to_tensor(images, tf.float32))
+        return {k: v.numpy() for k, v in out.items()}
+
     def run_normalized(self, x: np.ndarray) -> dict[str, np.ndarray]:
         import tensorflow as tf
 

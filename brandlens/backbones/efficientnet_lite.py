@@ -143,30 +143,54 @@ class EfficientNetLite(tf.Module):
             var(state["_fc.bias"].astype(np.float32), "fc_bias"),
         )
 
-    @staticmethod
-    def _conv(x, params, stride=1):
-        kernel, bias = params
-        return tf.nn.conv2d(x, kernel, strides=stride, padding="SAME") + bias
-
-    @staticmethod
-    def _depthwise(x, params, stride):
-        kernel, bias = params
-        return tf.nn.depthwise_conv2d(x, kernel, strides=[1, stride, stride, 1], padding="SAME") + bias
-
     def forward_normalized(self, x):
         """Return (pooled 1280-d features, 1000 ImageNet logits) for normalised input."""
-        x = tf.nn.relu6(self._conv(x, self.stem, stride=2))
-        for (kernel, stride, expand, cin, cout), block in zip(self._specs, self.blocks):
-            h = x
-            if "expand" in block:
-                h = tf.nn.relu6(self._conv(h, block["expand"]))
-            h = tf.nn.relu6(self._depthwise(h, block["depthwise"], stride))
-            h = self._conv(h, block["project"])
-            x = h + x if stride == 1 and cin == cout else h
-        x = tf.nn.relu6(self._conv(x, self.head))
-        features = tf.reduce_mean(x, axis=[1, 2])
+        features = tf.reduce_mean(head_map(self, run_blocks(self, stem(self, x), self._specs)), axis=[1, 2])
         logits = tf.matmul(features, self.fc[0]) + self.fc[1]
         return features, logits
+
+
+def _conv(x, params, stride=1):
+    kernel, bias = params
+    return tf.nn.conv2d(x, kernel, strides=stride, padding="SAME") + bias
+
+
+def _depthwise(x, params, stride):
+    kernel, bias = params
+    return tf.nn.depthwise_conv2d(x, kernel, strides=[1, stride, stride, 1], padding="SAME") + bias
+
+
+def stem(net, x):
+    """The stem convolution. ``net`` is an :class:`EfficientNetLite` or the same module reloaded from a SavedModel."""
+    return tf.nn.relu6(_conv(x, net.stem, stride=2))
+
+
+def run_block(x, spec, block):
+    """One MBConv block (expand, depthwise, project, residual when shapes allow)."""
+    _, stride, _, cin, cout = spec
+    h = x
+    if "expand" in block:
+        h = tf.nn.relu6(_conv(h, block["expand"]))
+    h = tf.nn.relu6(_depthwise(h, block["depthwise"], stride))
+    h = _conv(h, block["project"])
+    return h + x if stride == 1 and cin == cout else h
+
+
+def run_blocks(net, x, specs, start: int = 0, stop: int | None = None):
+    """Blocks ``start`` .. ``stop - 1``: with :func:`stem` and :func:`head_map`, the network cut anywhere.
+
+    The bottleneck job stores the map entering block ``cut`` (``run_blocks(.., 0, cut)``)
+    and the trainer adapts the rest, so both halves must be these same functions.
+    """
+    stop = len(specs) if stop is None else stop
+    for i in range(start, stop):
+        x = run_block(x, specs[i], net.blocks[i])
+    return x
+
+
+def head_map(net, x):
+    """The 1x1 head convolution: the final feature map whose spatial mean is the embedding."""
+    return tf.nn.relu6(_conv(x, net.head))
 
 
 def preprocess(images):
