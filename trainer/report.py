@@ -6,14 +6,14 @@ global pyplot backend is touched in a process that other stages share.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from brandlens.metrics import error_rows
+from brandlens.thumbnails import thumbnail_data_uri
 from trainer import evaluate as ev
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,6 @@ CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
 THRESHOLD_PNG = "threshold.png"
 ERRORS_HTML = "errors.html"
-THUMBNAIL = 160
-TOP_SCORES = 5
 
 
 def _figure(width: float, height: float):
@@ -88,36 +86,6 @@ def plot_threshold(scores: np.ndarray, y: np.ndarray, neither_index: int, chosen
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(path)
-
-
-def thumbnail_data_uri(data: bytes | None) -> str | None:
-    """A small JPEG as a data: URI, so the report is one file that can be mailed."""
-    if data is None:
-        return None
-    from PIL import Image
-
-    from brandlens.imaging import ImageDecodeError, decode_image
-
-    try:
-        img = Image.fromarray(decode_image(data))
-    except ImageDecodeError:
-        return None
-    img.thumbnail((THUMBNAIL, THUMBNAIL))
-    buffer = io.BytesIO()
-    img.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def error_rows(scores: np.ndarray, y: np.ndarray, predicted: np.ndarray, labels: list[str], uris) -> list[dict]:
-    """The wrong answers, most confident first: those are the ones to look at."""
-    rows = []
-    for i in np.flatnonzero(predicted != y):
-        order = np.argsort(-scores[i], kind="stable")[:TOP_SCORES]
-        rows.append({"uri": str(uris[i]), "label": labels[y[i]], "predicted": labels[predicted[i]],
-                     "confidence": float(scores[i, predicted[i]]),
-                     "top": [(labels[j], float(scores[i, j])) for j in order]})
-    rows.sort(key=lambda r: -r["confidence"])
-    return rows
 
 
 def write_error_report(path: Path, rows: list[dict], image_root: Path | None, title: str, total: int) -> None:
