@@ -21,7 +21,7 @@ import threading
 import warnings
 
 # absl/glog native lines: level letter, MMDD, time, thread id, file:line]
-_NATIVE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]+\] ?(.*)")
+_NATIVE = re.compile(rb"^([IWEF])\d{4} [\d:.]+\s+\d+ [^\]]+\] ?(.*)")
 _ABSL_PREAMBLE = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 # Native errors that every CPU-only or multi-library start prints and that change nothing.
 _KNOWN_NOISE = re.compile(rb"failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|could not find cuda drivers|"

@@ -113,7 +113,13 @@ def _evaluate(argv: list[str]) -> dict:
 
 def _same_figures(ours: dict, trainers: dict) -> None:
     for name in FIGURES:
-        if name in trainers:
+        if name == "per_class":
+            assert ours[name].keys() == trainers[name].keys()
+            for label, figures in trainers[name].items():
+                assert ours[name][label] == pytest.approx(figures), label
+        elif name == "confusion_matrix":
+            assert ours[name] == trainers[name]
+        elif name in trainers:
             assert ours[name] == pytest.approx(trainers[name]), name
     assert ours["cross_entropy"] == pytest.approx(trainers["cross_entropy"], abs=1e-4)
 
