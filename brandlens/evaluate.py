@@ -29,6 +29,7 @@ import numpy as np
 from brandlens import fileio
 from brandlens import metrics as ev
 from brandlens.errors import ConfigError
+from brandlens.thumbnails import error_table, thumbnail_data_uri
 from schemas import model as contract
 from schemas import scores as schema
 
@@ -327,8 +328,6 @@ def _table(rows: list[dict]) -> str:
 
 
 def _thumbnail(uri: str) -> str | None:
-    from brandlens.thumbnails import thumbnail_data_uri
-
     try:
         return thumbnail_data_uri(fileio.read_bytes(uri))
     except Exception:  # a report must not fail for one unreadable image
@@ -347,7 +346,7 @@ def write_report(path: Path, result: dict, scored: Scored, card: Card, errors: i
     matrix = [{"true \\ predicted": labels[i], **{lab: n for lab, n in zip(labels, row)}} for i, row in enumerate(m["confusion_matrix"])]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;margin:1.5em}td,th{padding:4px 8px;border-bottom:1px solid #ddd;"
-             "vertical-align:top;text-align:left}img{max-width:160px}.miss{color:#999}</style></head><body>",
+             "vertical-align:top;text-align:left}img{max-width:160px}.score{font-family:monospace}.miss{color:#999}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
              f"<p>model {html.escape(card.version_id)}; threshold {card.threshold}; "
              f"{result['left_out']['evaluated']} of {result['left_out']['rows']} rows evaluated "
@@ -366,15 +365,10 @@ def write_report(path: Path, result: dict, scored: Scored, card: Card, errors: i
               _table([{"brand": k, "average_precision": v} for k, v in result["average_precision"].items()])]
     for column, rows in result["breakdown"].items():
         parts += [f"<h2>By {html.escape(column)}</h2>", _table(rows)]
-    parts.append(f"<h2>Most confident errors</h2><p>{len(worst)} shown of {int(np.sum(predicted != scored.y))}.</p>"
-                 "<table><tr><th>image</th><th>true</th><th>predicted</th><th>top scores</th><th>image_uri</th></tr>")
-    for row in worst:
-        thumb = _thumbnail(row["uri"])
-        picture = f"<img src='{thumb}' alt=''>" if thumb else "<span class='miss'>image not readable here</span>"
-        top = "<br>".join(f"{html.escape(lab)} ({s:.4f})" for lab, s in row["top"])
-        parts.append(f"<tr><td>{picture}</td><td>{html.escape(row['label'])}</td><td>{html.escape(row['predicted'])}</td>"
-                     f"<td>{top}</td><td>{html.escape(given.get(row['uri'], row['uri']))}</td></tr>")
-    parts.append("</table></body></html>")
+    parts.append(f"<h2>Most confident errors</h2><p>{len(worst)} shown of {int(np.sum(predicted != scored.y))}; "
+                 "uri as the input gave it.</p>")
+    parts += error_table(worst, _thumbnail, lambda uri: given.get(uri, uri))
+    parts.append("</body></html>")
     path.write_text("\n".join(parts))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from brandlens.metrics import error_rows
-from brandlens.thumbnails import thumbnail_data_uri
+from brandlens.thumbnails import error_table, thumbnail_data_uri
 from trainer import evaluate as ev
 
 log = logging.getLogger(__name__)
@@ -94,15 +94,9 @@ def write_error_report(path: Path, rows: list[dict], image_root: Path | None, ti
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;margin:1.5em}td{vertical-align:top;padding:6px;border-bottom:1px solid #ddd}"
              "img{max-width:160px}.score{font-family:monospace}.miss{color:#999}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1><p>{len(rows)} errors of {total} test images, most confident first.</p>",
-             "<table><tr><th>image</th><th>true</th><th>predicted</th><th>top scores</th><th>uri</th></tr>"]
-    for row in rows:
-        uri = thumbnail_data_uri(read_bytes(resolve_uri(row["uri"], image_root)))
-        picture = f"<img src='{uri}' alt=''>" if uri else "<span class='miss'>image not readable here</span>"
-        scores = "<br>".join(f"<span class='score'>{html.escape(lab)} ({s:.5f})</span>" for lab, s in row["top"])
-        parts.append(f"<tr><td>{picture}</td><td>{html.escape(row['label'])}</td><td>{html.escape(row['predicted'])}"
-                     f"</td><td>{scores}</td><td>{html.escape(row['uri'])}</td></tr>")
-    parts.append("</table></body></html>")
+             f"<h1>{html.escape(title)}</h1><p>{len(rows)} errors of {total} test images, most confident first.</p>"]
+    parts += error_table(rows, lambda uri: thumbnail_data_uri(read_bytes(resolve_uri(uri, image_root))))
+    parts.append("</body></html>")
     path.write_text("\n".join(parts))
 
 

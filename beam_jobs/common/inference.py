@@ -27,11 +27,11 @@ the job's summary.
 
 from __future__ import annotations
 
+import ast
+import resource
 from typing import Callable, NamedTuple
 
 import apache_beam as beam
-import resource
-
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference import base as _beam_inference
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
@@ -70,7 +70,13 @@ def failure_message(error) -> str:
     name = getattr(kind, "__name__", str(kind))
     prefix = f"{name}("
     if isinstance(text, str) and text.startswith(prefix) and text.endswith(")"):
-        text = text[len(prefix):-1].strip("'\"")
+        text = text[len(prefix):-1]
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = None
+        if isinstance(value, str):
+            text = value
     return f"{name}: {text}"
 
 

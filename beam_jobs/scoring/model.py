@@ -121,9 +121,24 @@ def _numpy(out: dict) -> dict[str, np.ndarray]:
 
 
 class _ExportHandler(ModelHandler):
+    """One part of an export (``serving/`` or ``head/``); each element is a stack of rows, each gets its own outputs."""
+
+    _part = ""
+
     def __init__(self, export_dir: str, **batching):
         super().__init__(**batching)
         self._export_dir = str(export_dir)
+
+    def load_model(self) -> ScoringModel:
+        model = ScoringModel(self._export_dir)
+        model.load(self._part)
+        return model
+
+    def run_inference(self, batch: Sequence[np.ndarray], model: ScoringModel, inference_args=None) -> list[dict]:
+        return _split(self._call(model, np.concatenate(batch)), [len(rows) for rows in batch])
+
+    def _call(self, model: ScoringModel, rows: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(array.nbytes for array in batch)
@@ -138,33 +153,25 @@ class ImagesHandler(_ExportHandler):
     One model call per batch of posts (all their views at once).
     """
 
+    _part = contract.SERVING_DIR
+
     def __init__(self, export_dir: str, batch_size: int, max_batch_duration_secs: float | None = None):
         super().__init__(export_dir, **batching(batch_size, max_batch_duration_secs))
 
-    def load_model(self) -> ScoringModel:
-        model = ScoringModel(self._export_dir)
-        model.load(contract.SERVING_DIR)
-        return model
-
-    def run_inference(self, batch: Sequence[np.ndarray], model: ScoringModel, inference_args=None) -> list[dict]:
-        outputs = model.score_images(np.concatenate(batch))
-        return _split(outputs, [len(views) for views in batch])
+    def _call(self, model: ScoringModel, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return model.score_images(rows)
 
 
 class HeadHandler(_ExportHandler):
     """A chunk of raw embeddings float32 [N, D] -> the contract's outputs for those N rows (one head call)."""
 
+    _part = contract.HEAD_DIR
+
     def __init__(self, export_dir: str):
         super().__init__(export_dir, min_batch_size=1, max_batch_size=1)  # chunks arrive batched already
 
-    def load_model(self) -> ScoringModel:
-        model = ScoringModel(self._export_dir)
-        model.load(contract.HEAD_DIR)
-        return model
-
-    def run_inference(self, batch: Sequence[np.ndarray], model: ScoringModel, inference_args=None) -> list[dict]:
-        outputs = model.score_embeddings(np.concatenate(batch))
-        return _split(outputs, [len(chunk) for chunk in batch])
+    def _call(self, model: ScoringModel, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return model.score_embeddings(rows)
 
 
 def _split(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
