@@ -181,9 +181,9 @@ def load_rows(config: EvaluateConfig):
     missing += [c for c in config.by if c not in names]
     if config.labels:
         truth, truth_source = "truth.truth", f"{config.labels}: {config.labels_column} by {config.labels_id_column}"
-        source = (f"scores JOIN (SELECT CAST({_quote(config.labels_id_column)} AS VARCHAR) AS post_id, "
+        source = (f"scores JOIN (SELECT CAST({_quote(config.labels_id_column)} AS VARCHAR) AS truth_post_id, "
                   f"CAST({_quote(config.labels_column)} AS VARCHAR) AS truth FROM {_labels_relation(config.labels)}) AS truth "
-                  f"ON scores.{schema.POST_ID} = truth.post_id")
+                  f"ON scores.{schema.POST_ID} = truth.truth_post_id")
     else:
         column = config.truth or next((c for c in TRUTH_CANDIDATES if c in names), None)
         if column is None:
@@ -193,6 +193,12 @@ def load_rows(config: EvaluateConfig):
         truth, source, truth_source = f"scores.{_quote(column)}", "scores", column
     if missing:
         raise ConfigError(f"the scores have no column(s) {', '.join(missing)}")
+    if config.labels:
+        twice = run_query(con, f"SELECT {_quote(config.labels_id_column)}, count(*) FROM {_labels_relation(config.labels)} "
+                               f"GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT 3")[1]
+        if twice:
+            raise ConfigError(f"{config.labels} labels some post ids more than once: "
+                              + ", ".join(f"{post} ({n} times)" for post, n in twice))
     resolved = schema.RESOLVED_URI if schema.RESOLVED_URI in names else schema.IMAGE_URI
     select = [f"scores.{schema.POST_ID}", f"scores.{schema.IMAGE_URI}", f"scores.{resolved}", f"scores.{schema.LABEL}",
               f"CAST({truth} AS VARCHAR)"] + [f"scores.{schema.score_column(label)}" for label in card.labels]

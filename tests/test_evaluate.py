@@ -153,6 +153,12 @@ def test_rescored_examples_give_the_trainers_test_figures(threshold_model, sampl
     joined = _evaluate(["--scores", str(tmp_path / "rescored" / "scores"), "--labels", str(labels), "--labels-id-column", "id",
                         "--labels-column", "truth", "--model", str(threshold_model), "--output", str(tmp_path / "eval-joined")])
     _same_figures(joined["metrics"], trainers["test"])
+    with open(labels, "a") as f:
+        f.write(next(f"{r[schema.POST_ID]},neither\n" for r in rows if r["source_split"] == "test"))
+    from brandlens.cli import main
+
+    assert main(["evaluate", "--scores", str(tmp_path / "rescored"), "--labels", str(labels), "--labels-id-column", "id",
+                 "--labels-column", "truth", "--output", str(tmp_path / "eval-twice")]) == 2  # one post labelled twice
     split = _evaluate(["--scores", str(tmp_path / "rescored"), "--truth", "source_label", "--by", "source_split",
                        "--output", str(tmp_path / "eval-splits")])
     by_split = {r["source_split"]: r for r in split["breakdown"]["source_split"]}

@@ -63,7 +63,8 @@ class _Identify(beam.DoFn):
         except BadPost as exc:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, record.dead_letter(STAGE_READ, BAD_ROW, str(exc)))
             return
-        yield post_id, Post(post_id, partition, record, given_uri=given_uri(record.metadata, self._uri_column, record.uri))
+        given = given_uri(record.metadata, self._uri_column, record.uri) if self._fmt == "manifest" else record.uri
+        yield post_id, Post(post_id, partition, record, given_uri=given)
 
 
 def _one_per_post(item):
