@@ -94,17 +94,20 @@ def _agreement(a: dict, b: dict) -> dict:
 
 
 def render(result: dict) -> str:
-    rows = ["| round | version | bottleneck: embedding pipeline s | CNN images/s | peak RSS MiB | scoring s | posts/s | peak RSS MiB |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| round | version | bottleneck: embedding pipeline s | CNN images/s | CPU s | peak RSS MiB "
+            "| scoring s | posts/s | CPU s | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         rows.append(f"| {r['round']} | {r['version']} | {r['bottleneck_s']:.1f} | {r['cnn_images_per_s']:.1f} | "
-                    f"{r['bottleneck_rss_mib']:.0f} | {r['scoring_s']:.1f} | {r['posts_per_s']:.1f} | {r['scoring_rss_mib']:.0f} |")
+                    f"{r['bottleneck_cpu_s']:.0f} | {r['bottleneck_rss_mib']:.0f} | {r['scoring_s']:.1f} | {r['posts_per_s']:.1f} | "
+                    f"{r['scoring_cpu_s']:.0f} | {r['scoring_rss_mib']:.0f} |")
     mean = result["mean"]
     lines = [f"# RunInference: before ({result['before'][:12]}) and after, in one run", "",
              f"{result['n']} generated 640x640 JPEG posts, backbone {result['backbone']}, batch size {result['batch_size']}, "
              f"DirectRunner; {result['machine'].get('cores', '?')} cores (shared machine, load average at start "
              f"{result['load_average']}). Figures are each job's own summary (start-up included).", "", *rows, "",
-             f"Mean after/before: embedding pipeline images/s x{mean['cnn_ratio']:.2f}, scoring posts/s x{mean['scoring_ratio']:.2f}.", "",
+             f"Mean after/before: embedding pipeline images/s x{mean['cnn_ratio']:.2f}, scoring posts/s x{mean['scoring_ratio']:.2f}; "
+             f"CPU seconds (whole process: imports, both pipelines) bottleneck job x{mean['bottleneck_cpu_ratio']:.2f}, "
+             f"scoring job x{mean['scoring_cpu_ratio']:.2f} (lower is better).", "",
              f"Outputs: embeddings {json.dumps(result['agreement']['embeddings'])}; scores {json.dumps(result['agreement']['scores'])}.",
              "", "Command: `" + result["command"] + "`", ""]
     return "\n".join(lines)
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 "round": round_, "version": version, "bottleneck_s": seconds,
                 "cnn_images_per_s": summary["counts"]["cnn_embeddings"] / seconds,
                 "bottleneck_rss_mib": bottleneck.peak_rss_bytes / 2 ** 20, "bottleneck_wall_s": bottleneck.wall_s,
+                "bottleneck_cpu_s": bottleneck.extra["cpu_s"], "scoring_cpu_s": scoring.extra["cpu_s"],
                 "scoring_s": score_summary["seconds"], "posts_per_s": score_summary["posts_per_second"],
                 "scoring_rss_mib": scoring.peak_rss_bytes / 2 ** 20, "scoring_wall_s": scoring.wall_s,
                 "inference": {"bottlenecks": summary.get("inference"), "scoring": score_summary.get("inference")},
@@ -168,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         "n": args.n, "before": before, "backbone": args.backbone, "batch_size": args.batch_size, "machine": machine(),
         "load_average": [round(v, 2) for v in load], "runs": results,
         "mean": {"cnn_ratio": mean("after", "cnn_images_per_s") / mean("before", "cnn_images_per_s"),
-                 "scoring_ratio": mean("after", "posts_per_s") / mean("before", "posts_per_s")},
+                 "scoring_ratio": mean("after", "posts_per_s") / mean("before", "posts_per_s"),
+                 "bottleneck_cpu_ratio": mean("after", "bottleneck_cpu_s") / mean("before", "bottleneck_cpu_s"),
+                 "scoring_cpu_ratio": mean("after", "scoring_cpu_s") / mean("before", "scoring_cpu_s")},
         "agreement": {"embeddings": _agreement(_embeddings(outputs["before"][0]), _embeddings(outputs["after"][0])),
                       "scores": _agreement(_scores(outputs["before"][1]), _scores(outputs["after"][1]))},
         "command": "python -m bench.runinference " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -1,7 +1,9 @@
-"""Metrics and the open-world threshold, as pure numpy functions of scores and labels.
+"""Metrics, calibration, precision-recall and the open-world threshold, as pure numpy functions.
 
-Kept free of TensorFlow so the numbers in ``metrics.json`` are checkable by hand,
-and so the threshold rule here is the same one the exported model runs in TF ops.
+Shared by the trainer (``metrics.json``) and ``brandlens evaluate`` (the scoring job's output
+against a person's labels), so both report the same figures for the same scores. Kept free
+of TensorFlow so the numbers are checkable by hand, and so the threshold rule here is the
+same one the exported model runs in TF ops.
 """
 
 from __future__ import annotations
