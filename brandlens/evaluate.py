@@ -288,13 +288,13 @@ def plot_reliability(calibration: dict, path: Path) -> None:
     ax.bar([b["low"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge", alpha=0.6, edgecolor="k",
            label="accuracy in bin")
     ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
-    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="C1", label="mean top score")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="C1", label="bins at their mean top score")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("top softmax score")
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability: ECE {calibration['ece']:.3f}")
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right")
     fig.savefig(path)
 
 
