@@ -16,6 +16,7 @@ same numbers as the trainer's ``metrics.json``. Writes into ``--output``:
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import html
 import io
@@ -333,6 +334,11 @@ def _table(rows: list[dict]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _png(path: Path) -> str:
+    """A PNG as a data: URI, so the report is one file."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
 def _thumbnail(uri: str) -> str | None:
     try:
         return thumbnail_data_uri(fileio.read_bytes(uri))
@@ -366,8 +372,8 @@ def write_report(path: Path, result: dict, scored: Scored, card: Card, errors: i
                   _table(result["thresholds"])]
         if "target_precision" in result:
             parts.append(f"<p>Target precision: {html.escape(json.dumps(result['target_precision']))}</p>")
-    parts += [f"<h2>Calibration</h2><img src='{RELIABILITY_PNG}' style='max-width:480px'>",
-              f"<h2>Precision-recall</h2><img src='{PR_PNG}' style='max-width:560px'>",
+    parts += [f"<h2>Calibration</h2><img src='{_png(path.parent / RELIABILITY_PNG)}' style='max-width:480px'>",
+              f"<h2>Precision-recall</h2><img src='{_png(path.parent / PR_PNG)}' style='max-width:560px'>",
               _table([{"brand": k, "average_precision": v} for k, v in result["average_precision"].items()])]
     for column, rows in result["breakdown"].items():
         parts += [f"<h2>By {html.escape(column)}</h2>", _table(rows)]
