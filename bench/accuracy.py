@@ -114,14 +114,14 @@ def rates(predictions_csv: Path, neither: str | None) -> dict:
 
     import numpy as np
 
-    from trainer import evaluate as ev
+    from brandlens.metrics import reliability
 
     with open(predictions_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     labels = [k.split(":", 1)[1] for k in rows[0] if k.startswith("score:")]
     scores = np.array([[float(r[f"score:{lab}"]) for lab in labels] for r in rows])
     y = np.array([labels.index(r["label"]) for r in rows])
-    out = {"ece": ev.expected_calibration_error(scores, y)}
+    out = {"ece": reliability(scores, y)["ece"]}
 
     def share(selected, test) -> float | None:
         chosen = [r for r in rows if selected(r)]

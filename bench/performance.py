@@ -188,8 +188,10 @@ def write_stored_embeddings(folder: Path, n: int, dim: int, labels: list[str], s
         scores = rng.dirichlet(np.ones(len(labels)), m).astype(np.float32)
         cols = {
             schema.POST_ID: ids, schema.IMAGE_URI: [f"gs://archive/img/{i}.jpg" for i in ids],
+            schema.RESOLVED_URI: [f"gs://archive/img/{i}.jpg" for i in ids],
             schema.CONTENT_HASH: [f"{start + i:064x}" for i in range(m)],
             schema.LABEL: [labels[j] for j in scores.argmax(1)], schema.CONFIDENCE: scores.max(1),
+            schema.BRAND_SCORE: scores[:, [label != "neither" for label in labels]].max(1),
             schema.BRAND_FOUND: [labels[j] != "neither" for j in scores.argmax(1)],
             schema.MODEL_VERSION: ["old-model"] * m, schema.BACKBONE: ["efficientnet_lite2@bench"] * m,
             schema.SCORED_AT: [scored_at] * m,

@@ -60,11 +60,12 @@ def write_synthetic_archive(root: Path, rows: int, days: int = 30, image_uris: l
         day = start + dt.timedelta(days=d)
         p = rng.dirichlet((0.6, 0.6, 0.9), size=n).astype(np.float32)
         labels = np.array(LABELS)[p.argmax(1)]
+        uris = [image_uris[i % len(image_uris)] for i in ids] if image_uris else [f"/archive/img/{i % 997}/{i}.jpg" for i in ids]
         columns = {
             "post_id": [f"post-{i:07d}" for i in ids],
-            "image_uri": [image_uris[i % len(image_uris)] for i in ids] if image_uris else [f"/archive/img/{i % 997}/{i}.jpg" for i in ids],
+            "image_uri": uris, "resolved_uri": uris,
             "content_hash": [f"{i:064x}" for i in ids],
-            "label": labels, "confidence": p.max(1), "brand_found": labels != "neither",
+            "label": labels, "confidence": p.max(1), "brand_score": p[:, :2].max(1), "brand_found": labels != "neither",
             "model_version": ["bl-synthetic"] * n, "backbone": ["efficientnet_lite2@synthetic"] * n,
             "scored_at": pa.array(np.full(n, np.datetime64("2026-11-30T00:00:00", "us")), pa.timestamp("us", tz="UTC")),
             "score_acme": p[:, 0], "score_zenith": p[:, 1], "score_neither": p[:, 2],

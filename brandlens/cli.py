@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from brandlens import __version__
 from brandlens.config import BackboneConfig
@@ -72,6 +68,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(DemoConfig.from_args(args))
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from brandlens.evaluate import EvaluateConfig, evaluate, summary_text
+
+    config = EvaluateConfig.from_args(args)
+    print(summary_text(evaluate(config), config.output))
+    return 0
+
+
 def _cmd_query(args: argparse.Namespace) -> int:
     from brandlens.query import QueryConfig, query
 
@@ -82,7 +86,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brandlens", description="Find the photos that show a brand's products, at archive scale.")
     parser.add_argument("--version", action="version", version=f"brandlens {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, including TensorFlow's, CUDA's and absl's own messages (hidden by default)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("backbone", help="materialise a pretrained backbone into a versioned artifact",
@@ -105,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Query the scored posts: the view 'scores' covers every Parquet file under --scores.")
     QueryConfig.add_arguments(p)
     p.set_defaults(handler=_cmd_query)
+
+    from brandlens.evaluate import EvaluateConfig
+
+    p = sub.add_parser("evaluate", help="measure scored posts against your own labels (accuracy, P/R/F1, calibration, thresholds)",
+                       description="Compare the scoring job's output with true labels (a carried column or a labels file "
+                                   "joined by post id): the trainer's figures, a breakdown by any column, calibration, "
+                                   "precision-recall per brand, what each threshold costs, and an HTML report of the errors.",
+                       epilog="examples:\n"
+                              "  brandlens evaluate --scores archive --truth input_label --by source --output eval\n"
+                              "  brandlens evaluate --scores archive --labels my-labels.csv --output eval --target-precision 0.95",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    EvaluateConfig.add_arguments(p)
+    p.set_defaults(handler=_cmd_evaluate)
 
     from beam_jobs.bottlenecks.config import BottleneckConfig
 
@@ -159,13 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; ``argv`` given (in-process callers) leaves descriptor 2 unfiltered."""
+    from brandlens.quiet import quiet
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if not args.verbose:
-        for noisy in ("absl", "apache_beam"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    quiet(args.verbose, native=argv is None)
     try:
         return args.handler(args)
     except BrandlensError as exc:

@@ -2,6 +2,19 @@
 
 Fixed columns first, then one ``score_<label>`` column per class, then the
 columns carried through unchanged from the posts manifest.
+
+- ``image_uri``: the image's uri as the input gave it (relative if the manifest's was);
+  ``resolved_uri``: where the job read it (absolute).
+- ``label``: the model's answer: the top class, except that a brand whose score is
+  below the model card's ``threshold`` becomes the ``neither`` class.
+- ``confidence``: the model's softmax score of ``label``, in every case. For a brand
+  that is the brand's score; for ``neither`` it is the ``neither`` score, also when
+  the threshold sent the top brand there (then it is low: "a brand is likely, but
+  not likely enough to name"). It is not a score of "any brand".
+- ``brand_score``: the best brand's softmax score, in every row (the top score in a
+  closed world): sort by it to rank posts by how brand-like they are.
+  ``brand_found`` is ``label != neither``; a row with ``brand_found`` false and
+  ``brand_score`` above ``score_neither`` was demoted by the threshold.
 """
 
 from __future__ import annotations
@@ -12,9 +25,11 @@ import pyarrow as pa
 
 POST_ID = "post_id"
 IMAGE_URI = "image_uri"
+RESOLVED_URI = "resolved_uri"
 CONTENT_HASH = "content_hash"
 LABEL = "label"
 CONFIDENCE = "confidence"
+BRAND_SCORE = "brand_score"
 BRAND_FOUND = "brand_found"
 MODEL_VERSION = "model_version"
 BACKBONE = "backbone"
@@ -25,9 +40,11 @@ PARTITION = "dt"
 FIXED_FIELDS = (
     pa.field(POST_ID, pa.string(), nullable=False),
     pa.field(IMAGE_URI, pa.string(), nullable=False),
+    pa.field(RESOLVED_URI, pa.string(), nullable=False),
     pa.field(CONTENT_HASH, pa.string(), nullable=False),
     pa.field(LABEL, pa.string(), nullable=False),
     pa.field(CONFIDENCE, pa.float32(), nullable=False),
+    pa.field(BRAND_SCORE, pa.float32(), nullable=False),
     pa.field(BRAND_FOUND, pa.bool_(), nullable=False),
     pa.field(MODEL_VERSION, pa.string(), nullable=False),
     pa.field(BACKBONE, pa.string(), nullable=False),

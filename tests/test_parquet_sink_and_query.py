@@ -25,8 +25,9 @@ def _rows(n: int, days: int = 3) -> list[dict]:
         label = LABELS[i % 3]
         scores = {schema.score_column(l): (0.8 if l == label else 0.1) for l in LABELS}
         rows.append({
-            schema.POST_ID: f"p{i:04d}", schema.IMAGE_URI: f"img/{i}.jpg", schema.CONTENT_HASH: f"{i:064x}",
-            schema.LABEL: label, schema.CONFIDENCE: 0.5 + i / (2 * n), schema.BRAND_FOUND: label != "neither",
+            schema.POST_ID: f"p{i:04d}", schema.IMAGE_URI: f"img/{i}.jpg", schema.RESOLVED_URI: f"/archive/img/{i}.jpg",
+            schema.CONTENT_HASH: f"{i:064x}", schema.LABEL: label, schema.CONFIDENCE: 0.5 + i / (2 * n),
+            schema.BRAND_SCORE: 0.8 if label != "neither" else 0.1, schema.BRAND_FOUND: label != "neither",
             schema.MODEL_VERSION: "m1", schema.BACKBONE: "b1", schema.SCORED_AT: SCORED_AT,
             **scores, "caption": f"caption {i}", schema.PARTITION: f"2026-11-{1 + i % days:02d}",
         })

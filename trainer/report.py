@@ -6,14 +6,14 @@ global pyplot backend is touched in a process that other stages share.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from brandlens.metrics import error_rows
+from brandlens.thumbnails import error_table, thumbnail_data_uri
 from trainer import evaluate as ev
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,6 @@ CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
 THRESHOLD_PNG = "threshold.png"
 ERRORS_HTML = "errors.html"
-THUMBNAIL = 160
-TOP_SCORES = 5
 
 
 def _figure(width: float, height: float):
@@ -90,51 +88,15 @@ def plot_threshold(scores: np.ndarray, y: np.ndarray, neither_index: int, chosen
     fig.savefig(path)
 
 
-def thumbnail_data_uri(data: bytes | None) -> str | None:
-    """A small JPEG as a data: URI, so the report is one file that can be mailed."""
-    if data is None:
-        return None
-    from PIL import Image
-
-    from brandlens.imaging import ImageDecodeError, decode_image
-
-    try:
-        img = Image.fromarray(decode_image(data))
-    except ImageDecodeError:
-        return None
-    img.thumbnail((THUMBNAIL, THUMBNAIL))
-    buffer = io.BytesIO()
-    img.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def error_rows(scores: np.ndarray, y: np.ndarray, predicted: np.ndarray, labels: list[str], uris) -> list[dict]:
-    """The wrong answers, most confident first: those are the ones to look at."""
-    rows = []
-    for i in np.flatnonzero(predicted != y):
-        order = np.argsort(-scores[i], kind="stable")[:TOP_SCORES]
-        rows.append({"uri": str(uris[i]), "label": labels[y[i]], "predicted": labels[predicted[i]],
-                     "confidence": float(scores[i, predicted[i]]),
-                     "top": [(labels[j], float(scores[i, j])) for j in order]})
-    rows.sort(key=lambda r: -r["confidence"])
-    return rows
-
-
 def write_error_report(path: Path, rows: list[dict], image_root: Path | None, title: str, total: int) -> None:
     from trainer.data import read_bytes, resolve_uri
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;margin:1.5em}td{vertical-align:top;padding:6px;border-bottom:1px solid #ddd}"
              "img{max-width:160px}.score{font-family:monospace}.miss{color:#999}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1><p>{len(rows)} errors of {total} test images, most confident first.</p>",
-             "<table><tr><th>image</th><th>true</th><th>predicted</th><th>top scores</th><th>uri</th></tr>"]
-    for row in rows:
-        uri = thumbnail_data_uri(read_bytes(resolve_uri(row["uri"], image_root)))
-        picture = f"<img src='{uri}' alt=''>" if uri else "<span class='miss'>image not readable here</span>"
-        scores = "<br>".join(f"<span class='score'>{html.escape(lab)} ({s:.5f})</span>" for lab, s in row["top"])
-        parts.append(f"<tr><td>{picture}</td><td>{html.escape(row['label'])}</td><td>{html.escape(row['predicted'])}"
-                     f"</td><td>{scores}</td><td>{html.escape(row['uri'])}</td></tr>")
-    parts.append("</table></body></html>")
+             f"<h1>{html.escape(title)}</h1><p>{len(rows)} errors of {total} test images, most confident first.</p>"]
+    parts += error_table(rows, lambda uri: thumbnail_data_uri(read_bytes(resolve_uri(uri, image_root))))
+    parts.append("</body></html>")
     path.write_text("\n".join(parts))
 
 

@@ -25,6 +25,7 @@ from beam_jobs.bottlenecks.config import NAMESPACE, BottleneckConfig
 from beam_jobs.bottlenecks.pipeline import CACHE_HITS, CNN_IMAGES, EXAMPLES, build_pipeline
 from beam_jobs.bottlenecks.transform_pipeline import build_transform_pipeline
 from beam_jobs.common.accounting import DEAD_LETTERED, READ, WRITTEN, nest_counts, query_counters, reconcile, total, write_json
+from beam_jobs.common.inference import inference_metrics
 from beam_jobs.common.inputs import with_inferred_base_uri
 from brandlens import __version__, fileio
 from brandlens.backbones.artifact import read_fingerprint
@@ -75,12 +76,13 @@ def _delete_quietly(path: str) -> None:
         log.warning("could not delete %s: %s", path, exc)
 
 
-def _run_embedding(config: BottleneckConfig, artifact_dir: str, fingerprint, run_id: str) -> dict[str, int]:
+def _run_embedding(config: BottleneckConfig, artifact_dir: str, fingerprint, run_id: str) -> tuple[dict[str, int], dict]:
+    """The job's counters and RunInference's metrics."""
     pipeline = beam.Pipeline(options=config.runner.pipeline_options())
     build_pipeline(pipeline, config, artifact_dir, fingerprint, run_id)
     result = pipeline.run()
     result.wait_until_finish()
-    return query_counters(result, NAMESPACE)
+    return query_counters(result, NAMESPACE), inference_metrics(result, NAMESPACE)
 
 
 def _run_transform(config: BottleneckConfig, embedding_dim: int, run_id: str) -> str:
@@ -161,7 +163,7 @@ def run(config: BottleneckConfig) -> dict:
              config.input_spec.resolved_format, files, config.output, fingerprint.version,
              config.cache if config.use_cache else "off")
 
-    counters = _run_embedding(config, artifact_dir, fingerprint, run_id)
+    counters, inference = _run_embedding(config, artifact_dir, fingerprint, run_id)
     embedded = time.monotonic()
     counts, labels, reconciliation = summarise(counters)
     summary = {
@@ -177,6 +179,7 @@ def run(config: BottleneckConfig) -> dict:
         "counts": counts,
         "labels": labels,
         "reconciliation": reconciliation,
+        "inference": inference,
         "seconds": {"embedding_pipeline": round(embedded - started, 1)},
     }
     if not reconciliation["ok"]:

@@ -264,7 +264,7 @@ def build_pipeline(pipeline, config: BottleneckConfig, artifact_dir: str, finger
         | "Plan" >> beam.ParDo(_PlanDoFn(config, backbone)).with_outputs(REQUESTS_TAG, DEAD_LETTER_TAG, main="ready")
     )
     embedded = planned[REQUESTS_TAG] | "Embed" >> EmbedImages(
-        artifact_dir, config.batch_size, NAMESPACE, config.progress_interval, config.cut)
+        artifact_dir, config.batch_size, NAMESPACE, config.progress_interval, cut=config.cut)
     new_examples = embedded["embeddings"] | "ToRecords" >> beam.MapTuple(lambda key, emb: key.record(emb, backbone))
     embed_dead = embedded[FAILED_TAG] | "EmbedFailures" >> beam.FlatMap(_embedding_failure, counters)
 

@@ -1,112 +1,109 @@
-"""Batched embedding with one backbone per worker process.
+"""The backbone as a Beam ``ModelHandler``, and the embedding step built on RunInference.
 
 The artifact directory is materialised once by the driver and only its path
-travels to workers; each process loads the SavedModel once through
-``apache_beam.utils.shared.Shared`` (so every DoFn thread shares it) and embeds
-batches of ``batch_size`` images. A batch that fails is retried image by image,
-so one bad input costs one dead letter, not its whole batch.
+travels to workers; RunInference loads the SavedModel once per worker process
+(:meth:`BackboneHandler.load_model`, the one place an engine is chosen) and
+runs batches of ``batch_size`` prepared images. Each element's prediction is
+a dict of named numpy outputs: ``embedding``, and with a ``cut`` also
+``cut_map``, the map entering that block, from the same forward pass.
 """
 
 from __future__ import annotations
 
-import logging
+from typing import Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.utils import shared
+from apache_beam.ml.inference.base import ModelHandler
 
 from beam_jobs.common.accounting import Counters
 from beam_jobs.common.defaults import DEFAULT_BATCH_SIZE, DEFAULT_PROGRESS_INTERVAL_S
 from beam_jobs.common.images import prepare_image
+from beam_jobs.common.inference import KeyedInference, batching
 from beam_jobs.common.progress import progress
 
-log = logging.getLogger(__name__)
-
 FAILED_TAG = "failed"
+EMBEDDING = "embedding"
+CUT_MAP = "cut_map"
 
 
-class _SharedBackbone:
-    """Holds the backbone for Shared (which needs a weak-referenceable object)."""
+class BackboneHandler(ModelHandler):
+    """Prepared float32 [S, S, 3] images -> ``{"embedding": float32[D]}`` per image (and ``cut_map`` with a cut)."""
 
-    def __init__(self, backbone):
-        self.backbone = backbone
-
-
-class _EmbedBatchDoFn(beam.DoFn):
-    def __init__(self, artifact_dir: str, shared_handle: shared.Shared, namespace: str, progress_interval: float,
+    def __init__(self, artifact_dir: str, batch_size: int = DEFAULT_BATCH_SIZE, max_batch_duration_secs: float | None = None,
                  cut: int | None = None):
-        self._artifact_dir = artifact_dir
+        super().__init__(**batching(batch_size, max_batch_duration_secs))
+        self._artifact_dir = str(artifact_dir)
         self._cut = cut
-        self._shared_handle = shared_handle
-        self._counters = Counters(namespace)
-        self._progress_interval = progress_interval
-        self._backbone = None
 
-    def setup(self):
+    def load_model(self):
         from brandlens.backbones.artifact import load_backbone
 
-        artifact_dir = self._artifact_dir
-        holder = self._shared_handle.acquire(lambda: _SharedBackbone(load_backbone(artifact_dir)), tag=artifact_dir)
-        self._holder = holder  # keep the weak reference alive for this DoFn's lifetime
-        self._backbone = holder.backbone
+        return load_backbone(self._artifact_dir)
 
-    def _embed(self, batch):
-        fp = self._backbone.fingerprint
-        prepared = np.stack([prepare_image(rgb, fp.input_size, fp.crop_fraction, fp.resize_mode) for _, rgb in batch])
-        if self._cut is None:
-            return self._backbone.embed(prepared)
-        out = self._backbone.run_with_cut(prepared, self._cut)
-        return list(zip(out["embedding"], out["cut_map"]))
+    def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> list[dict[str, np.ndarray]]:
+        if self._cut is not None:
+            out = model.run_with_cut(np.stack(batch), self._cut)
+            return [{EMBEDDING: e, CUT_MAP: m} for e, m in zip(np.asarray(out[EMBEDDING], np.float32), out[CUT_MAP])]
+        embeddings = np.asarray(model.embed(np.stack(batch)), np.float32)
+        return [{EMBEDDING: embedding} for embedding in embeddings]
 
-    def process(self, batch):
-        try:
-            embeddings = self._embed(batch)
-            results = [(key, emb, None) for (key, _), emb in zip(batch, embeddings)]
-        except Exception as batch_error:  # isolate the culprit(s) before giving up on anything
-            log.warning("embedding a batch of %d failed (%s); retrying one by one", len(batch), batch_error)
-            results = []
-            for key, rgb in batch:
-                try:
-                    results.append((key, self._embed([(key, rgb)])[0], None))
-                except Exception as exc:
-                    results.append((key, None, f"{type(exc).__name__}: {exc}"))
-        done = 0
-        for key, embedding, error in results:
-            if error is None:
-                done += 1
-                yield key, (np.asarray(embedding, np.float32) if self._cut is None else embedding)
-            else:
-                self._counters.inc("embed_failures")
-                yield beam.pvalue.TaggedOutput(FAILED_TAG, (key, error))
-        self._counters.inc("cnn_embeddings", done)
-        progress("images embedded by the CNN", self._progress_interval).add(done)
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(image.nbytes for image in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "brandlens.backbone"
+
+
+class _Prepare:
+    """HxWx3 uint8 RGB -> the backbone's float32 input, as its fingerprint says."""
+
+    def __init__(self, input_size: int, crop_fraction: float, resize_mode: str):
+        self._args = (input_size, crop_fraction, resize_mode)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return prepare_image(rgb, *self._args)
 
 
 class EmbedImages(beam.PTransform):
     """``(key, HxWx3 uint8 RGB)`` -> ``(key, float32[D])``, prepared as the artifact's fingerprint says.
 
-    With ``cut`` the value is ``(embedding, map entering block cut)`` from one pass.
+    With ``cut`` the value is ``(embedding, map entering block cut)``.
 
     Outputs: main ``embeddings`` and ``failed`` (``(key, message)``). Keys are
     carried untouched, so callers attach whatever identity they need. Counts
-    ``cnn_embeddings`` and ``embed_failures`` in ``namespace``.
+    ``cnn_embeddings`` and ``embed_failures`` in ``namespace``; RunInference's
+    own metrics go to ``<namespace>.inference``.
     """
 
     def __init__(self, artifact_dir: str, batch_size: int = DEFAULT_BATCH_SIZE, namespace: str = "beam_jobs",
-                 progress_interval: float = DEFAULT_PROGRESS_INTERVAL_S, cut: int | None = None):
+                 progress_interval: float = DEFAULT_PROGRESS_INTERVAL_S, max_batch_duration_secs: float | None = None,
+                 cut: int | None = None):
         super().__init__()
+        from brandlens.backbones.artifact import read_fingerprint
+
         self._cut = cut
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self._artifact_dir = str(artifact_dir)
-        self._batch_size = batch_size
+        self._handler = BackboneHandler(artifact_dir, batch_size, max_batch_duration_secs, cut)
+        fp = read_fingerprint(str(artifact_dir))
+        self._prepare = _Prepare(fp.input_size, fp.crop_fraction, fp.resize_mode)
         self._namespace = namespace
         self._progress_interval = progress_interval
 
     def expand(self, images):
-        return (
-            images
-            | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
-            | "Embed" >> beam.ParDo(_EmbedBatchDoFn(self._artifact_dir, shared.Shared(), self._namespace,
-                                                    self._progress_interval, self._cut)).with_outputs(FAILED_TAG, main="embeddings")
-        )
+        counters, interval, cut = Counters(self._namespace), self._progress_interval, self._cut
+        inferred = images | "Embed" >> KeyedInference(self._handler, self._namespace, self._prepare)
+
+        def embedded(item):
+            key, outputs = item
+            counters.inc("cnn_embeddings")
+            progress("images embedded by the CNN", interval).add(1)
+            return key, outputs[EMBEDDING] if cut is None else (outputs[EMBEDDING], outputs[CUT_MAP])
+
+        def failed(item):
+            counters.inc("embed_failures")
+            return item
+
+        return {
+            "embeddings": inferred.results | "Embeddings" >> beam.Map(embedded),
+            FAILED_TAG: inferred.failures | "CountFailures" >> beam.Map(failed),
+        }

@@ -18,6 +18,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.common.accounting import DEAD_LETTERED, READ, nest_counts, query_counters, reconcile, total, write_json
+from beam_jobs.common.inference import inference_metrics
 from beam_jobs.common.inputs import FORMAT_MANIFEST, manifest_kind, with_inferred_base_uri
 from beam_jobs.scoring.config import NAMESPACE, RescoreConfig, ScoringConfig
 from beam_jobs.scoring.model import read_model_card
@@ -93,6 +94,7 @@ def _finish(kind: str, config, card, run: str, scored_at: dt.datetime, started: 
         "reconciliation": reconciliation,
         "seconds": seconds,
         "posts_per_second": round(counts[READ] / max(seconds, 1e-9), 1),
+        "inference": inference_metrics(result, NAMESPACE),
         **extra,
     }
     write_json(f"{config.out.run_dir(run)}/{SUMMARY}", summary)
@@ -204,7 +206,8 @@ def rescore(config: RescoreConfig) -> dict:
             raise ConfigError(f"{files[0].path} has no '{schema.EMBEDDING}' column: score with --write-embedding first")
         fixed = {fl.name for fl in schema.FIXED_FIELDS} | {schema.EMBEDDING}
         carried = tuple((n, n) for n in names if n not in fixed and not n.startswith("score_"))
-        columns = [schema.POST_ID, schema.IMAGE_URI, schema.CONTENT_HASH, schema.EMBEDDING] + [n for n, _ in carried]
+        uris = [schema.IMAGE_URI] + ([schema.RESOLVED_URI] if schema.RESOLVED_URI in names else [])
+        columns = [schema.POST_ID, *uris, schema.CONTENT_HASH, schema.EMBEDDING] + [n for n, _ in carried]
         embeddings = (pipeline | "ParquetPattern" >> beam.Create([source])
                       | "ReadParquet" >> beam.io.ReadAllFromParquetBatched(columns=columns, with_filename=True)
                       | "Embeddings" >> beam.FlatMap(_parquet_batch))

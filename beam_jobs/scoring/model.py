@@ -1,7 +1,11 @@
-"""The exported model as the scoring job sees it: loaded once per worker process.
+"""The exported model as the scoring job sees it: its card, and Beam ``ModelHandler``s over it.
 
 Reads the export folder that ``schemas/model.py`` describes (local or gs://, the
 latter copied once per machine) and runs its signatures on numpy batches.
+RunInference loads one :class:`ScoringModel` per worker process through
+:class:`ImagesHandler` (scoring: prepared views) or :class:`HeadHandler`
+(rescoring: stored embeddings, no CNN); their ``load_model`` is the one place
+an engine is chosen.
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+from apache_beam.ml.inference.base import ModelHandler
 
+from beam_jobs.common.inference import batching
 from brandlens import fileio
 from brandlens.errors import ArtifactError
 from schemas import model as contract
@@ -79,6 +86,13 @@ class ScoringModel:
         self._local = Path(local)
         self._lock = threading.Lock()
 
+    def load(self, folder: str) -> None:
+        """Load ``serving/`` or ``head/`` now (model load time belongs to loading, not to the first batch)."""
+        if folder == contract.SERVING_DIR:
+            self._signature("_serving", contract.SERVING_DIR, contract.SIG_IMAGES)
+        else:
+            self._signature("_head", contract.HEAD_DIR, contract.SIG_EMBEDDING)
+
     def _signature(self, attr: str, folder: str, name: str):
         """Load a SavedModel on first use (rescoring never loads the CNN); keep it alive."""
         with self._lock:
@@ -106,13 +120,61 @@ def _numpy(out: dict) -> dict[str, np.ndarray]:
     return result
 
 
-_cache: dict[str, ScoringModel] = {}
-_lock = threading.Lock()
+class _ExportHandler(ModelHandler):
+    """One part of an export (``serving/`` or ``head/``); each element is a stack of rows, each gets its own outputs."""
+
+    _part = ""
+
+    def __init__(self, export_dir: str, **batching):
+        super().__init__(**batching)
+        self._export_dir = str(export_dir)
+
+    def load_model(self) -> ScoringModel:
+        model = ScoringModel(self._export_dir)
+        model.load(self._part)
+        return model
+
+    def run_inference(self, batch: Sequence[np.ndarray], model: ScoringModel, inference_args=None) -> list[dict]:
+        return _split(self._call(model, np.concatenate(batch)), [len(rows) for rows in batch])
+
+    def _call(self, model: ScoringModel, rows: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(array.nbytes for array in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "brandlens.scoring_model"
 
 
-def load_scoring_model(export_dir: str) -> ScoringModel:
-    """One ScoringModel per process and export (Beam workers share it between bundles)."""
-    with _lock:
-        if export_dir not in _cache:
-            _cache[export_dir] = ScoringModel(export_dir)
-        return _cache[export_dir]
+class ImagesHandler(_ExportHandler):
+    """Per post, its prepared views float32 [V, S, S, 3] -> the contract's outputs for those V views.
+
+    One model call per batch of posts (all their views at once).
+    """
+
+    _part = contract.SERVING_DIR
+
+    def __init__(self, export_dir: str, batch_size: int, max_batch_duration_secs: float | None = None):
+        super().__init__(export_dir, **batching(batch_size, max_batch_duration_secs))
+
+    def _call(self, model: ScoringModel, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return model.score_images(rows)
+
+
+class HeadHandler(_ExportHandler):
+    """A chunk of raw embeddings float32 [N, D] -> the contract's outputs for those N rows (one head call)."""
+
+    _part = contract.HEAD_DIR
+
+    def __init__(self, export_dir: str):
+        super().__init__(export_dir, min_batch_size=1, max_batch_size=1)  # chunks arrive batched already
+
+    def _call(self, model: ScoringModel, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return model.score_embeddings(rows)
+
+
+def _split(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
+    """Batch outputs -> one dict per element, each with its own rows (views or chunk rows)."""
+    bounds = np.cumsum([0] + sizes)
+    return [{name: value[a:b] for name, value in outputs.items()} for a, b in zip(bounds[:-1], bounds[1:])]

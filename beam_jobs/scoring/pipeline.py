@@ -1,12 +1,12 @@
 """The scoring pipeline: posts -> scored rows in Parquet, every post accounted for.
 
     ReadPosts -> IdentifyPosts -> OnePerPostId (shuffle) -> FetchImageBytes
-      -> DecodeAndPrepare -> Score (batched, one model per worker) -> ToRows -> WriteParquet
+      -> DecodeAndPrepare -> Score (RunInference: batched, one model per worker) -> ToRows -> WriteParquet
     every failure -> WriteDeadLetters
 
 Counts (Beam counters in ``brandlens.scoring``): ``read = scored + dead_lettered``.
 Rescoring (:func:`build_rescore_pipeline`) reads stored embeddings and runs the
-head only.
+head only (RunInference over chunks of rows).
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ import json
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.utils import shared
 
 from beam_jobs.common.accounting import READ, CountAs, Counters, WriteDeadLetters
 from beam_jobs.common.images import decode, prepare_image
+from beam_jobs.common.inference import KeyedInference
 from beam_jobs.common.progress import LogProgress, progress
 from beam_jobs.common.records import DEAD_LETTER_TAG, STAGE_DECODE, STAGE_READ, ImageRecord
 from beam_jobs.common.sources import ReadImages
 from beam_jobs.scoring.config import NAMESPACE, RescoreConfig, ScoringConfig
-from beam_jobs.scoring.model import ModelCard, load_scoring_model
+from beam_jobs.scoring.model import HeadHandler, ImagesHandler, ModelCard
 from beam_jobs.scoring.parquet_sink import WriteScoresParquet, WriteScoresParquetBatched
-from beam_jobs.scoring.rows import BadPost, best_view, partition_of, post_id_of, score_row, views
+from beam_jobs.scoring.rows import (BadPost, best_view, brand_mask, brand_scores, given_uri, partition_of, post_id_of,
+                                    score_row, views)
 from brandlens.imaging import content_hash
 from schemas import scores as schema
 from schemas.dead_letter import BAD_ROW, DeadLetter
@@ -46,11 +47,13 @@ class Post:
     partition: str
     record: ImageRecord
     content_hash: str = ""
+    given_uri: str = ""  # the image uri as the input wrote it (record.uri is resolved)
 
 
 class _Identify(beam.DoFn):
-    def __init__(self, id_column: str, date_column: str, fmt: str, run_date: dt.date):
+    def __init__(self, id_column: str, date_column: str, fmt: str, run_date: dt.date, uri_column: str = "image_uri"):
         self._id_column, self._date_column, self._fmt, self._run_date = id_column, date_column, fmt, run_date
+        self._uri_column = uri_column
 
     def process(self, record: ImageRecord):
         try:
@@ -60,7 +63,8 @@ class _Identify(beam.DoFn):
         except BadPost as exc:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, record.dead_letter(STAGE_READ, BAD_ROW, str(exc)))
             return
-        yield post_id, Post(post_id, partition, record)
+        given = given_uri(record.metadata, self._uri_column, record.uri) if self._fmt == "manifest" else record.uri
+        yield post_id, Post(post_id, partition, record, given_uri=given)
 
 
 def _one_per_post(item):
@@ -93,55 +97,33 @@ class _DecodeAndPrepare(beam.DoFn):
         yield slim, np.stack(prepared)
 
 
-class _SharedModel:
-    def __init__(self, model):
-        self.model = model
+class _ToRow:
+    """(post, its views' outputs) -> one output row: the most brand-like view's answer."""
 
-
-class _ScoreBatch(beam.DoFn):
-    """Score a batch of posts (each with one or more views) with one model call."""
-
-    def __init__(self, export_dir: str, card: ModelCard, handle: shared.Shared, scored_at: dt.datetime,
-                 with_embedding: bool, progress_interval: float, carried: tuple[tuple[str, str], ...]):
-        self._export_dir, self._card, self._handle, self._carried = export_dir, card, handle, carried
-        self._scored_at, self._with_embedding, self._interval = scored_at, with_embedding, progress_interval
+    def __init__(self, card: ModelCard, scored_at: dt.datetime, with_embedding: bool, progress_interval: float,
+                 carried: tuple[tuple[str, str], ...]):
+        self._card, self._scored_at, self._with_embedding = card, scored_at, with_embedding
+        self._interval, self._carried = progress_interval, carried
         self._counters = Counters(NAMESPACE)
-        self._brand_mask = np.array([card.is_brand(label) for label in card.labels])
+        self._brand_mask = brand_mask(card.labels, card.neither_label)
 
-    def setup(self):
-        export_dir = self._export_dir
-        self._holder = self._handle.acquire(lambda: _SharedModel(load_scoring_model(export_dir)), tag=export_dir)
-        self._model = self._holder.model
+    def __call__(self, item) -> dict:
+        post, outputs = item
+        chosen = best_view(outputs["scores"], self._brand_mask)
+        if self._with_embedding:
+            outputs = {**outputs, "embedding": outputs["embedding"][[0] * len(outputs["embedding"])]}  # the whole image's
+        card = self._card
+        row = score_row(post.post_id, post.given_uri or post.record.uri, post.content_hash, post.partition, outputs, chosen,
+                        card.labels, card.neither_label, card.version_id, card.backbone_version, self._scored_at,
+                        carry(post.record.metadata, self._carried), self._with_embedding, post.record.uri)
+        self._counters.inc(SCORED)
+        progress("posts scored", self._interval).add(1)
+        return row
 
-    def _rows(self, batch):
-        outputs = self._model.score_images(np.concatenate([views for _, views in batch]))
-        rows, start = [], 0
-        for post, post_views in batch:
-            span = slice(start, start + len(post_views))
-            start = span.stop
-            chosen = span.start + best_view(outputs["scores"][span], self._brand_mask)
-            if self._with_embedding:
-                outputs["embedding"][chosen] = outputs["embedding"][span.start]  # always the whole image's
-            rows.append(score_row(post.post_id, post.record.uri, post.content_hash, post.partition, outputs, chosen,
-                                  self._card.labels, self._card.neither_label, self._card.version_id,
-                                  self._card.backbone_version, self._scored_at, carry(post.record.metadata, self._carried),
-                                  self._with_embedding))
-        return rows
 
-    def process(self, batch):
-        try:
-            rows = self._rows(batch)
-        except Exception:
-            rows = []
-            for item in batch:
-                try:
-                    rows.extend(self._rows([item]))
-                except Exception as exc:
-                    yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, item[0].record.dead_letter(
-                        STAGE_SCORE, SCORE_FAILED, f"{type(exc).__name__}: {exc}"))
-        self._counters.inc(SCORED, len(rows))
-        progress("posts scored", self._interval).add(len(rows))
-        yield from rows
+def _score_failure(item) -> DeadLetter:
+    post, message = item
+    return post.record.dead_letter(STAGE_SCORE, SCORE_FAILED, message)
 
 
 def carry(metadata: dict, carried: tuple[tuple[str, str], ...]) -> dict:
@@ -156,7 +138,8 @@ def build_pipeline(pipeline, config: ScoringConfig, card: ModelCard, carried: tu
     read = pipeline | "ReadPosts" >> ReadImages(spec, config.max_bytes)
     records = read["records"] | "CountRead" >> CountAs(NAMESPACE, READ)
     identified = records | "IdentifyPosts" >> beam.ParDo(
-        _Identify(config.id_column, config.date_column, spec.resolved_format, scored_at.date())).with_outputs(DEAD_LETTER_TAG, main="posts")
+        _Identify(config.id_column, config.date_column, spec.resolved_format, scored_at.date(), config.uri_column)
+    ).with_outputs(DEAD_LETTER_TAG, main="posts")
     unique = (
         identified["posts"]
         | "GroupByPostId" >> beam.GroupByKey()
@@ -169,21 +152,18 @@ def build_pipeline(pipeline, config: ScoringConfig, card: ModelCard, carried: tu
     )
     prepared = fetched["posts"] | "DecodeAndPrepare" >> beam.ParDo(
         _DecodeAndPrepare(card.input_size, card.crop_fraction, card.resize_mode, config.multi_crop, config.max_pixels)).with_outputs(DEAD_LETTER_TAG, main="views")
-    scored = (
-        prepared["views"]
-        | "Batch" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
-        | "Score" >> beam.ParDo(_ScoreBatch(config.model, card, shared.Shared(), scored_at, config.write_embedding,
-                                            config.progress_interval, carried)).with_outputs(DEAD_LETTER_TAG, main="rows")
-    )
+    scored = prepared["views"] | "Score" >> KeyedInference(ImagesHandler(config.model, config.batch_size), NAMESPACE)
+    rows = scored.results | "ToRows" >> beam.Map(_ToRow(card, scored_at, config.write_embedding, config.progress_interval, carried))
+    score_dead = scored.failures | "ScoreFailures" >> beam.Map(_score_failure)
     arrow = schema.scores_schema(list(card.labels), [out for out, _ in carried], config.write_embedding, card.embedding_dim)
     written = (
-        scored["rows"]
+        rows
         | "Progress" >> LogProgress("rows written", config.progress_interval)
         | "WriteParquet" >> WriteScoresParquet(config.out.scores_dir, arrow, run, config.out.rows_per_file)
     )
     dead = (
         (read[DEAD_LETTER_TAG], identified[DEAD_LETTER_TAG], unique[DEAD_LETTER_TAG], fetched[DEAD_LETTER_TAG],
-         prepared[DEAD_LETTER_TAG], scored[DEAD_LETTER_TAG])
+         prepared[DEAD_LETTER_TAG], score_dead)
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteDeadLetters" >> WriteDeadLetters(f"{config.out.run_dir(run)}/dead_letters", NAMESPACE)
     )
@@ -207,53 +187,57 @@ class _FetchPost(beam.DoFn):
             yield dataclasses.replace(post, record=result)
 
 
-class _RescoreTables(beam.DoFn):
-    """(partition, meta table, float32 [N, D] embeddings) -> (partition, output table): one head call per batch.
+def _chunks(element, batch_size: int):
+    """(partition, meta table, float32 [N, D]) -> ((partition, meta slice), embeddings slice) of ``batch_size`` rows."""
+    import pyarrow as pa
+
+    partition, meta, embeddings = element
+    for start in range(0, meta.num_rows, batch_size):
+        part = meta.slice(start, batch_size)
+        # A slice keeps its parent's buffers, and pickling it (to the shuffle) would copy all of them.
+        part = pa.table({name: pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], column.type)
+                         for name, column in zip(part.column_names, part.columns)})
+        yield (partition, part), embeddings[start:start + part.num_rows]
+
+
+class _RescoredTable:
+    """((partition, meta table), head outputs) -> (partition, output table).
 
     The rows equal what :func:`beam_jobs.scoring.rows.score_row` makes for each post (tests check it),
     built column by column instead of one Python dict per post.
     """
 
-    def __init__(self, export_dir: str, card: ModelCard, handle: shared.Shared, scored_at: dt.datetime,
-                 carried: tuple[tuple[str, str], ...], arrow_schema, batch_size: int):
-        self._export_dir, self._card, self._handle, self._scored_at = export_dir, card, handle, scored_at
-        self._carried, self._schema, self._batch_size = carried, arrow_schema, batch_size
+    def __init__(self, card: ModelCard, scored_at: dt.datetime, carried: tuple[tuple[str, str], ...], arrow_schema):
+        self._card, self._scored_at, self._carried, self._schema = card, scored_at, carried, arrow_schema
         self._counters = Counters(NAMESPACE)
+        self._brand_mask = brand_mask(card.labels, card.neither_label)
 
-    def setup(self):
-        export_dir = self._export_dir
-        self._holder = self._handle.acquire(lambda: _SharedModel(load_scoring_model(export_dir)), tag=export_dir + "#head")
-        self._model = self._holder.model
+    def __call__(self, item):
+        (partition, meta), outputs = item
+        table = self._table(meta, outputs)
+        self._counters.inc(SCORED, table.num_rows)
+        return partition, table
 
-    def process(self, element):
-        partition, meta, embeddings = element
-        for start in range(0, meta.num_rows, self._batch_size):
-            part = meta.slice(start, self._batch_size)
-            table = self._table(part, embeddings[start:start + part.num_rows])
-            self._counters.inc(SCORED, table.num_rows)
-            yield partition, table
-
-    def _table(self, meta, embeddings):
+    def _table(self, meta, outputs):
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        outputs = self._model.score_embeddings(embeddings)
         n, card = meta.num_rows, self._card
-        # A slice keeps its parent's buffers, and pickling it (to the shuffle) would copy all of them.
-        meta = pa.table({name: pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], column.type)
-                         for name, column in zip(meta.column_names, meta.columns)})
         labels = pa.array(outputs["label"], pa.string())
         found = pc.not_equal(labels, card.neither_label) if card.neither_label is not None else pa.repeat(pa.scalar(True), n)
+        scores = np.asarray(outputs["scores"], np.float32)
+        resolved = schema.RESOLVED_URI if schema.RESOLVED_URI in meta.column_names else schema.IMAGE_URI
         columns = {
             schema.POST_ID: meta.column(schema.POST_ID), schema.IMAGE_URI: meta.column(schema.IMAGE_URI),
+            schema.RESOLVED_URI: meta.column(resolved),
             schema.CONTENT_HASH: meta.column(schema.CONTENT_HASH), schema.LABEL: labels,
             schema.CONFIDENCE: pa.array(np.asarray(outputs["confidence"], np.float32)),
+            schema.BRAND_SCORE: pa.array(brand_scores(scores, self._brand_mask)),
             schema.BRAND_FOUND: found,
             schema.MODEL_VERSION: pa.repeat(pa.scalar(card.version_id, pa.string()), n),
             schema.BACKBONE: pa.repeat(pa.scalar(card.backbone_version, pa.string()), n),
             schema.SCORED_AT: pa.repeat(pa.scalar(self._scored_at, self._schema.field(schema.SCORED_AT).type), n),
         }
-        scores = np.asarray(outputs["scores"], np.float32)
         for j, label in enumerate(card.labels):
             columns[schema.score_column(label)] = pa.array(scores[:, j])
         for out, name in self._carried:
@@ -262,10 +246,18 @@ class _RescoreTables(beam.DoFn):
         return pa.Table.from_arrays([columns[f.name] for f in self._schema], schema=self._schema)
 
 
+def _rescore_failures(item):
+    """A chunk the head could not score -> one dead letter per row."""
+    (_, meta), message = item
+    for post_id, uri in zip(meta.column(schema.POST_ID).to_pylist(), meta.column(schema.IMAGE_URI).to_pylist()):
+        yield DeadLetter(uri=uri, stage=STAGE_SCORE, reason=SCORE_FAILED, message=message, record_id=post_id)
+
+
 def build_rescore_pipeline(pipeline, config: RescoreConfig, card: ModelCard, batches,
                            carried: tuple[tuple[str, str], ...], run: str, scored_at: dt.datetime):
     """``batches``: a PCollection of (partition, pyarrow table of post_id, image_uri, content_hash and the carried
-    columns, float32 [N, D] embeddings) -> Parquet rows through the head only, batch by batch (counts ``read``)."""
+    columns, float32 [N, D] embeddings) -> Parquet rows through the head only, batch by batch (counts ``read``);
+    a chunk the head fails on is dead-lettered row by row."""
     arrow = schema.scores_schema(list(card.labels), [out for out, _ in carried])
     counters = Counters(NAMESPACE)
 
@@ -273,10 +265,16 @@ def build_rescore_pipeline(pipeline, config: RescoreConfig, card: ModelCard, bat
         counters.inc(READ, element[1].num_rows)
         return element
 
-    return (
+    scored = (
         batches
         | "CountRead" >> beam.Map(count_read)
-        | "RescoreWithHead" >> beam.ParDo(_RescoreTables(config.model, card, shared.Shared(), scored_at, carried, arrow,
-                                                          config.batch_size))
+        | "Chunks" >> beam.FlatMap(_chunks, config.batch_size)
+        | "RescoreWithHead" >> KeyedInference(HeadHandler(config.model), NAMESPACE)
+    )
+    (scored.failures | "RescoreFailures" >> beam.FlatMap(_rescore_failures)
+     | "WriteDeadLetters" >> WriteDeadLetters(f"{config.out.run_dir(run)}/dead_letters", NAMESPACE))
+    return (
+        scored.results
+        | "ToOutputTables" >> beam.Map(_RescoredTable(card, scored_at, carried, arrow))
         | "WriteParquet" >> WriteScoresParquetBatched(config.out.scores_dir, arrow, run, config.out.rows_per_file)
     )

@@ -67,14 +67,39 @@ def best_view(scores: np.ndarray, brand_mask: np.ndarray) -> int:
     return int(np.argmax(scores[:, brand_mask].max(axis=1)))
 
 
+def brand_mask(labels: tuple[str, ...], neither: str | None) -> np.ndarray:
+    """Which classes are brands (all of them in a closed world)."""
+    return np.array([label != neither for label in labels], bool)
+
+
+def brand_scores(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """float32 [N]: the best brand's score per row of softmax ``scores`` [N, C] (0 where no class is a brand)."""
+    scores = np.asarray(scores, np.float32)
+    if not mask.any():
+        return np.zeros(len(scores), np.float32)
+    return scores[:, mask].max(axis=1)
+
+
+def given_uri(metadata: dict, uri_column: str, resolved: str) -> str:
+    """The image uri as the input wrote it (a manifest's uri column), else the resolved one."""
+    value = metadata.get(uri_column)
+    return value.strip() if isinstance(value, str) and value.strip() else resolved
+
+
 def score_row(post_id: str, uri: str, content_hash: str, partition: str, outputs: dict, index: int,
               labels: tuple[str, ...], neither: str | None, model_version: str, backbone: str,
-              scored_at: dt.datetime, carried: dict, with_embedding: bool) -> dict:
-    """One output row (``schemas.scores`` columns + the ``dt`` partition) from the model's outputs."""
+              scored_at: dt.datetime, carried: dict, with_embedding: bool, resolved_uri: str | None = None) -> dict:
+    """One output row (``schemas.scores`` columns + the ``dt`` partition) from the model's outputs.
+
+    ``uri`` is the image uri as given, ``resolved_uri`` where it was read (default: the same).
+    """
     label = str(outputs["label"][index])
+    scores = np.asarray(outputs["scores"][index:index + 1], np.float32)
     row = {
-        schema.POST_ID: post_id, schema.IMAGE_URI: uri, schema.CONTENT_HASH: content_hash,
-        schema.LABEL: label, schema.CONFIDENCE: float(outputs["confidence"][index]),
+        schema.POST_ID: post_id, schema.IMAGE_URI: uri, schema.RESOLVED_URI: resolved_uri or uri,
+        schema.CONTENT_HASH: content_hash, schema.LABEL: label,
+        schema.CONFIDENCE: float(outputs["confidence"][index]),
+        schema.BRAND_SCORE: float(brand_scores(scores, brand_mask(labels, neither))[0]),
         schema.BRAND_FOUND: label != neither, schema.MODEL_VERSION: model_version, schema.BACKBONE: backbone,
         schema.SCORED_AT: scored_at, schema.PARTITION: partition,
     }
