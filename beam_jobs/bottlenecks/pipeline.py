@@ -31,6 +31,7 @@ from beam_jobs.common.records import DEAD_LETTER_TAG, EMBED_FAILED, STAGE_EMBED,
 from beam_jobs.common.sources import FORMAT_WEBDATASET, ReadImages
 from brandlens.backbones.artifact import BackboneFingerprint
 from brandlens.imaging import content_hash
+from brandlens.preprocess import decode_side
 from schemas import layout
 from schemas.bottleneck import ORIGINAL_VARIANT, SPLITS, BottleneckRecord, to_example_bytes
 from schemas.dead_letter import DeadLetter
@@ -103,7 +104,8 @@ class _HashAndLabelDoFn(beam.DoFn):
 class _PlanDoFn(beam.DoFn):
     """Per distinct image: keep one record, reuse cached variants, send the rest to the CNN."""
 
-    def __init__(self, config: BottleneckConfig, backbone: str):
+    def __init__(self, config: BottleneckConfig, backbone: str, min_side: int | None = None):
+        self._min_side = min_side  # decode JPEGs at the scoring job's reduced scale; logo boxes need full size
         self._augment = config.augment
         self._logo_crops = config.logo_crops
         self._logo_margin = config.logo_margin
@@ -134,7 +136,8 @@ class _PlanDoFn(beam.DoFn):
 
         requests = []
         if missing:
-            rgb = decode(ImageRecord(kept.uri, kept.record_id, data=data), self._max_pixels)
+            min_side = None if any(v.kind == aug.LOGO for v in missing) else self._min_side
+            rgb = decode(ImageRecord(kept.uri, kept.record_id, data=data), self._max_pixels, min_side)
             if isinstance(rgb, DeadLetter):  # identical bytes: every copy fails alike
                 for candidate, _ in members:
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
@@ -245,7 +248,7 @@ def build_pipeline(pipeline, config: BottleneckConfig, artifact_dir: str, finger
     planned = (
         {"candidates": hashed["candidates"], "cache": cached}
         | "JoinCache" >> beam.CoGroupByKey()
-        | "Plan" >> beam.ParDo(_PlanDoFn(config, backbone)).with_outputs(REQUESTS_TAG, DEAD_LETTER_TAG, main="ready")
+        | "Plan" >> beam.ParDo(_PlanDoFn(config, backbone, decode_side(fingerprint.input_size, fingerprint.crop_fraction))).with_outputs(REQUESTS_TAG, DEAD_LETTER_TAG, main="ready")
     )
     embedded = planned[REQUESTS_TAG] | "Embed" >> EmbedImages(
         artifact_dir, config.batch_size, NAMESPACE, config.progress_interval)

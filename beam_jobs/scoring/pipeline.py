@@ -29,6 +29,7 @@ from beam_jobs.scoring.model import ModelCard, load_scoring_model
 from beam_jobs.scoring.parquet_sink import WriteScoresParquet, WriteScoresParquetBatched
 from beam_jobs.scoring.rows import BadPost, best_view, partition_of, post_id_of, score_row, views
 from brandlens.imaging import content_hash
+from brandlens.preprocess import decode_side
 from schemas import scores as schema
 from schemas.dead_letter import BAD_ROW, DeadLetter
 
@@ -76,9 +77,10 @@ def _one_per_post(item):
 class _DecodeAndPrepare(beam.DoFn):
     def __init__(self, size: int, crop_fraction: float, resize_mode: str, grid: int, max_pixels: int):
         self._size, self._crop, self._mode, self._grid, self._max_pixels = size, crop_fraction, resize_mode, grid, max_pixels
+        self._min_side = decode_side(size, crop_fraction, grid)
 
     def process(self, post: Post):
-        rgb = decode(post.record, self._max_pixels)
+        rgb = decode(post.record, self._max_pixels, self._min_side)
         if isinstance(rgb, DeadLetter):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, rgb)
             return
