@@ -117,6 +117,144 @@ def generate_posts(root: str | Path, n: int, seed: int = 0, size: int = 640, mul
                  float(np.mean(sizes)) if sizes else 0.0)
 
 
+# --------------------------------------------------------------------------- the realistic archive mix
+
+# (kind, share of the distinct images, sizes (w, h) as stored, format). Phone photos are stored
+# landscape with an EXIF orientation, as cameras write them; the others carry none.
+MIX = (
+    ("phone", 0.40, ((4000, 3000), (4608, 3456), (6000, 4000)), "JPEG"),
+    ("web", 0.30, ((1080, 1350), (1600, 1067), (2048, 1365)), "JPEG"),
+    ("thumbnail", 0.15, ((150, 150), (320, 240), (240, 320)), "JPEG"),
+    ("png", 0.075, ((800, 800), (1242, 2208)), "PNG"),
+    ("webp", 0.075, ((1200, 900), (1080, 1080)), "WEBP"),
+)
+PHONE_ORIENTATIONS = (6, 1, 6, 8, 3, 1)  # mostly portrait shots (6: rotate 90 clockwise to show)
+PHONE_BASES = 12  # distinct phone renders; more phone files are these with a unique JPEG comment (new bytes)
+
+
+def mix_plan(n: int) -> list[str]:
+    """The kind of each of ``n`` images, interleaved so that every prefix is close to the mix."""
+    plan, made = [], {kind: 0 for kind, *_ in MIX}
+    for i in range(n):
+        kind = max(MIX, key=lambda m: m[1] * (i + 1) - made[m[0]])[0]  # the kind furthest behind its share
+        made[kind] += 1
+        plan.append(kind)
+    return plan
+
+
+def render_photo(seed: int, label: str, width: int, height: int, fmt: str = "JPEG", quality: int = 92,
+                 orientation: int = 1, noise: float = 7.0) -> bytes:
+    """A textured, noisy ``width`` x ``height`` image with its brand mark, deterministic by seed.
+
+    At 12-24 MP and quality 92 the noise puts JPEGs at 2-5 MB, as phone cameras write them.
+    """
+    from PIL import Image, ImageChops, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    low = rng.integers(0, 256, (max(2, height // 48), max(2, width // 48), 3), dtype=np.uint8)
+    img = Image.fromarray(low).resize((width, height), Image.BILINEAR)
+    draw = ImageDraw.Draw(img)
+    side = min(width, height)
+    for _ in range(int(rng.integers(2, 6))):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        r = int(rng.integers(side // 16, side // 5))
+        draw.rectangle([x - r, y - r // 2, x + r, y + r // 2], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    x, y = int(rng.integers(width // 5, 4 * width // 5)), int(rng.integers(height // 5, 4 * height // 5))
+    if label == LABELS[0]:
+        draw.ellipse([x - side // 8, y - side // 8, x + side // 8, y + side // 8], fill=(220, 30, 30))
+    elif label == LABELS[1]:
+        draw.rectangle([x - side // 6, y - side // 20, x + side // 6, y + side // 20], fill=(20, 60, 200))
+    tile = np.clip(rng.normal(128, noise, (min(height, 512), min(width, 512), 3)), 0, 255).astype(np.uint8)
+    reps = (-(-height // tile.shape[0]), -(-width // tile.shape[1]), 1)
+    grain = Image.fromarray(np.ascontiguousarray(np.tile(tile, reps)[:height, :width]))
+    out = ImageChops.add(img, grain, 1.0, -128) if noise else img  # pixels + grain - 128, clipped, in C
+    buf = io.BytesIO()
+    params = {"quality": quality} if fmt in ("JPEG", "WEBP") else {"compress_level": 1}
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        params["exif"] = exif
+    out.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def with_jpeg_comment(data: bytes, text: str) -> bytes:
+    """The same JPEG with a COM segment after SOI: other bytes (content hash), same pixels."""
+    body = text.encode()
+    return data[:2] + b"\xff\xfe" + (len(body) + 2).to_bytes(2, "big") + body + data[2:]
+
+
+@dataclass(frozen=True)
+class Archive:
+    root: Path
+    images: list[Path]
+    kinds: list[str]
+    labelled: Path        # all n images (bottleneck job)
+    labelled_small: Path  # the first n // 10 (memory at N vs 10N)
+    posts: Path           # n posts, one per image (scoring job)
+    posts_small: Path     # n // 10 posts
+    bytes_by_kind: dict   # kind -> [count, total bytes, megapixels]
+
+    def describe(self) -> str:
+        parts = []
+        for kind, share, sizes, fmt in MIX:
+            count, total, mp = self.bytes_by_kind.get(kind, (0, 0, 0.0))
+            if count:
+                dims = ", ".join(f"{w}x{h}" for w, h in sizes)
+                parts.append(f"{count} {kind} ({fmt}, {dims}; mean {total / count / 2**20:.2f} MB, {mp / count:.1f} MP)")
+        return "; ".join(parts)
+
+
+def generate_archive(root: str | Path, n: int, seed: int = 0) -> Archive:
+    """``n`` distinct images in the realistic mix (reused when already there) and their manifests."""
+    root = Path(root)
+    folder = root / f"archive-s{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = mix_plan(n)
+    sizes_of = {kind: (sizes, fmt) for kind, _, sizes, fmt in MIX}
+    images, labelled, stats, bases = [], [], {}, {}
+    for i, kind in enumerate(plan):
+        label = LABELS[i % len(LABELS)]
+        sizes, fmt = sizes_of[kind]
+        ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[fmt]
+        path = folder / f"{i:07d}-{kind}.{ext}"
+        rng = np.random.default_rng(seed * 1_000_003 + i)
+        width, height = sizes[int(rng.integers(0, len(sizes)))]
+        if not path.is_file():
+            if kind == "phone":
+                base = i % PHONE_BASES
+                if base not in bases:
+                    w, h = MIX[0][2][base % len(MIX[0][2])]
+                    bases[base] = render_photo(seed * 7919 + base, LABELS[base % len(LABELS)], w, h,
+                                               orientation=PHONE_ORIENTATIONS[base % len(PHONE_ORIENTATIONS)])
+                data = with_jpeg_comment(bases[base], f"brandlens bench {seed} {i}")
+            else:
+                data = render_photo(seed * 1_000_003 + i, label, width, height, fmt, quality=85 if kind != "thumbnail" else 80,
+                                    noise=0.0 if fmt == "PNG" else 4.0)  # PNGs: flat like screenshots and graphics
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        if kind == "phone":
+            base = i % PHONE_BASES
+            label = LABELS[base % len(LABELS)]
+            width, height = MIX[0][2][base % len(MIX[0][2])]
+        images.append(path)
+        count, total, mp = stats.get(kind, (0, 0, 0.0))
+        stats[kind] = (count + 1, total + path.stat().st_size, mp + width * height / 1e6)
+        labelled.append({"uri": str(path), "label": label, "split": SPLIT_CYCLE[(i // len(LABELS)) % len(SPLIT_CYCLE)]})
+    manifests = root / f"archive-manifests-n{n}-s{seed}"
+    manifests.mkdir(exist_ok=True)
+    small = max(1, n // 10)
+    fields = ["post_id", "image_uri", "posted_at", "user", "caption"]
+    start = dt.date(2026, 1, 5)
+    _write_csv(manifests / "labelled.csv", labelled, ["uri", "label", "split"])
+    _write_csv(manifests / "labelled-small.csv", labelled[:small], ["uri", "label", "split"])
+    _write_csv(manifests / "posts.csv", _post_rows(images, n, start), fields)
+    _write_csv(manifests / "posts-small.csv", _post_rows(images, small, start), fields)
+    return Archive(root, images, plan, manifests / "labelled.csv", manifests / "labelled-small.csv",
+                   manifests / "posts.csv", manifests / "posts-small.csv", stats)
+
+
 # --------------------------------------------------------------------------- processes and memory
 
 def _children(proc: Path = Path("/proc")) -> dict[int, list[int]]:

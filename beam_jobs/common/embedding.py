@@ -41,7 +41,7 @@ class _EmbedBatchDoFn(beam.DoFn):
         self._backbone = None
 
     def setup(self):
-        from brandlens.backbones.artifact import load_backbone
+        from brandlens.engines import load_backbone
 
         artifact_dir = self._artifact_dir
         holder = self._shared_handle.acquire(lambda: _SharedBackbone(load_backbone(artifact_dir)), tag=artifact_dir)

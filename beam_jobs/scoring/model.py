@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brandlens import fileio
+from brandlens import engines, fileio
 from brandlens.errors import ArtifactError
 from schemas import model as contract
 
@@ -75,6 +75,7 @@ class ScoringModel:
         local = fileio.localize_dir(export_dir)
         self._serving = None
         self._head = None
+        self._engine = None
         self._tf = tf
         self._local = Path(local)
         self._lock = threading.Lock()
@@ -88,7 +89,17 @@ class ScoringModel:
             return getattr(self, attr)[1]
 
     def score_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Prepared float32 [N, S, S, 3] images -> the contract's outputs as numpy."""
+        """Prepared float32 [N, S, S, 3] images -> the contract's outputs as numpy.
+
+        The serving model's own backbone on ``brandlens.engines``' default engine, then the head:
+        what ``score_images`` computes, to the engine's tolerance.
+        """
+        if engines.DEFAULT_ENGINE != engines.SAVEDMODEL:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = engines.load_engine(engines.DEFAULT_ENGINE, self._local / contract.SERVING_DIR,
+                                                       self.card.backbone_version, within=("backbone",))
+            return self.score_embeddings(self._engine.embed(images))
         signature = self._signature("_serving", contract.SERVING_DIR, contract.SIG_IMAGES)
         out = signature(**{contract.INPUT_IMAGES: self._tf.convert_to_tensor(images, self._tf.float32)})
         return _numpy(out)
