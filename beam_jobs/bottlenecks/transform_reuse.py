@@ -5,7 +5,7 @@ all are transformed), the backbone and the transform code. Its key hashes exactl
 the sorted SHA-256 of every example record (so shard order and count do not matter), the
 backbone version, the shard setting, the tensorflow-transform version and the source of
 the modules that define the step. A finished TFT output is copied under
-``<cache>/transforms/<key>/`` with its label vocabulary written last; a rerun whose key
+``<cache>/.transforms/<key>/`` with its label vocabulary written last; a rerun whose key
 finds a complete copy restores it into the new output. A different input only ever
 misses (and runs TFT), it never reuses. Pure Python and Beam FileSystems: no TensorFlow
 import on the way.
@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 from brandlens import fileio
 from schemas import layout
 
-TRANSFORMS = "transforms"
+TRANSFORMS = ".transforms"  # hidden: beside the embedding cache, never read as part of it
 VOCABULARY_FILE = "vocabulary.json"  # written last: its presence marks a complete copy
 _CODE = ("beam_jobs/bottlenecks/transform.py", "beam_jobs/bottlenecks/transform_pipeline.py", "schemas/bottleneck.py")
 _ROOT = Path(__file__).resolve().parents[2]

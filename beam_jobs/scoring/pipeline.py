@@ -28,6 +28,7 @@ from beam_jobs.scoring.config import NAMESPACE, RescoreConfig, ScoringConfig
 from beam_jobs.scoring.model import ModelCard, load_scoring_model
 from beam_jobs.scoring.parquet_sink import WriteScoresParquet, WriteScoresParquetBatched
 from beam_jobs.scoring.rows import BadPost, best_view, partition_of, post_id_of, score_row, views
+from beam_jobs.scoring.stored import EmbeddingBatch
 from brandlens.imaging import content_hash
 from brandlens.preprocess import decode_side
 from schemas import scores as schema
@@ -210,7 +211,7 @@ class _FetchPost(beam.DoFn):
 
 
 class _RescoreTables(beam.DoFn):
-    """(partition, meta table, float32 [N, D] embeddings) -> (partition, output table): one head call per batch.
+    """EmbeddingBatch (partition, meta table, float32 [N, D] embeddings) -> (partition, output table): one head call per batch.
 
     The rows equal what :func:`beam_jobs.scoring.rows.score_row` makes for each post (tests check it),
     built column by column instead of one Python dict per post.
@@ -271,13 +272,13 @@ def build_rescore_pipeline(pipeline, config: RescoreConfig, card: ModelCard, bat
     arrow = schema.scores_schema(list(card.labels), [out for out, _ in carried])
     counters = Counters(NAMESPACE)
 
-    def count_read(element):
-        counters.inc(READ, element[1].num_rows)
+    def count_read(element: EmbeddingBatch):
+        counters.inc(READ, element.meta.num_rows)
         return element
 
     return (
         batches
-        | "CountRead" >> beam.Map(count_read)
+        | "CountRead" >> beam.Map(count_read).with_output_types(EmbeddingBatch)
         | "RescoreWithHead" >> beam.ParDo(_RescoreTables(config.model, card, shared.Shared(), scored_at, carried, arrow,
                                                           config.batch_size))
         | "WriteParquet" >> WriteScoresParquetBatched(config.out.scores_dir, arrow, run, config.out.rows_per_file)
