@@ -144,11 +144,11 @@ def mix_plan(n: int) -> list[str]:
     return plan
 
 
-def render_photo(seed: int, label: str, width: int, height: int, fmt: str = "JPEG", quality: int = 92,
+def render_photo(seed: int, label: str, width: int, height: int, fmt: str = "JPEG", quality: int = 88,
                  orientation: int = 1, noise: float = 7.0) -> bytes:
     """A textured, noisy ``width`` x ``height`` image with its brand mark, deterministic by seed.
 
-    At 12-24 MP and quality 92 the noise puts JPEGs at 2-5 MB, as phone cameras write them.
+    At 12-24 MP and quality 88 the noise puts JPEGs at 2.5-5.5 MB, as phone cameras write them.
     """
     from PIL import Image, ImageChops, ImageDraw
 

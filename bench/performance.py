@@ -158,6 +158,8 @@ def inner_limit(args) -> dict:
         out["phone_max_abs_embedding"] = float(np.abs(full - small).max())
         out["phone_mean_abs_embedding"] = float(np.abs(full - small).mean())
         out["phone_embedding_scale"] = float(np.abs(full).mean())
+        cosine = (full * small).sum(1) / (np.linalg.norm(full, axis=1) * np.linalg.norm(small, axis=1))
+        out["phone_min_cosine"] = float(cosine.min())
         out["phone_count"] = len(phones)
 
     if args.engine_rounds:
@@ -405,7 +407,8 @@ def _parity_notes(limit: dict, accuracy: dict | None) -> list[str]:
     if "phone_max_abs_embedding" in limit:
         rows.append(f"Generated phone photos ({limit['phone_count']}, 12-24 MP): embeddings from the reduced-scale decode "
                     f"differ from the full decode's by at most {limit['phone_max_abs_embedding']:.3f} "
-                    f"(mean {limit['phone_mean_abs_embedding']:.4f}; embedding values average {limit['phone_embedding_scale']:.3f}).")
+                    f"(mean {limit['phone_mean_abs_embedding']:.4f}; embedding values average {limit['phone_embedding_scale']:.3f}; "
+                    f"lowest cosine similarity {limit.get('phone_min_cosine', float('nan')):.4f}).")
     if accuracy:
         for d in accuracy.get("decode", []):
             rows.append(f"{d['benchmark']}: {d['reduced']} of {d['test_images']} test photos are large enough "

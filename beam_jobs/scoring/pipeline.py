@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import numpy as np
@@ -96,6 +98,21 @@ class _DecodeAndPrepare(beam.DoFn):
         yield slim, np.stack(prepared)
 
 
+class _DecodeAndPrepareBatch(_DecodeAndPrepare):
+    """The same for a batch of posts, decoded by one thread per core: Pillow's decoders and TensorFlow's
+    resize release the GIL, and decoding phone photos costs as much as the forward pass."""
+
+    def setup(self):
+        self._pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="decode")
+
+    def teardown(self):
+        self._pool.shutdown(wait=False)
+
+    def process(self, posts):
+        for outputs in self._pool.map(lambda post: list(_DecodeAndPrepare.process(self, post)), posts):
+            yield from outputs
+
+
 class _SharedModel:
     def __init__(self, model):
         self.model = model
@@ -170,8 +187,12 @@ def build_pipeline(pipeline, config: ScoringConfig, card: ModelCard, carried: tu
         | "RecordOf" >> beam.Map(lambda p: (p, p.record))
         | "FetchImageBytes" >> beam.ParDo(_FetchPost(config.max_bytes)).with_outputs(DEAD_LETTER_TAG, main="posts")
     )
-    prepared = fetched["posts"] | "DecodeAndPrepare" >> beam.ParDo(
-        _DecodeAndPrepare(card.input_size, card.crop_fraction, card.resize_mode, config.multi_crop, config.max_pixels)).with_outputs(DEAD_LETTER_TAG, main="views")
+    prepared = (
+        fetched["posts"]
+        | "BatchForDecode" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
+        | "DecodeAndPrepare" >> beam.ParDo(_DecodeAndPrepareBatch(
+            card.input_size, card.crop_fraction, card.resize_mode, config.multi_crop, config.max_pixels)).with_outputs(DEAD_LETTER_TAG, main="views")
+    )
     scored = (
         prepared["views"]
         | "Batch" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
