@@ -428,6 +428,7 @@ def goal_checks(fig: dict) -> list[dict]:
 def results_json(fig: dict, meta: dict) -> dict:
     """bench/results/performance.json in the issue's format."""
     absolute = {k: v for k, v in fig.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    absolute.update({f"cpu_s_{tag}": v for tag, v in (fig.get("cpu_seconds") or {}).items()})
     return {"ratios": ratios(fig), "goals": {k: {"target": t, "kind": kind} for k, (t, kind) in GOALS.items()},
             "absolute": absolute, "machine": meta.get("machine"), "load_average": meta.get("load"),
             "commit": meta.get("commit"), "date": meta.get("date"), "command": meta.get("command"),

@@ -268,6 +268,18 @@ def inner_accuracy(args) -> dict:
                for u in uris]
     a, b = embed(engine, uris, False), embed(engine, uris, True)
     result["imagenet"] = {"images": len(uris), "reduced": int(sum(reduced)), "max_abs_embedding": float(np.abs(a - b).max())}
+    # A harsher decode on the same real photos: reduced down to 1x (not 2x) what the resize keeps.
+    harsh = decode_side(fp.input_size, fp.crop_fraction, margin=1.0)
+    hit = [u for u in uris if decode_image((root / u).read_bytes(), min_side=harsh).shape
+           != decode_image((root / u).read_bytes()).shape]
+    if hit:
+        full = embed(engine, hit, False)
+        low = np.concatenate([engine.embed(np.stack([prepare_image(decode_image((root / u).read_bytes(), min_side=harsh),
+                                                                   fp.input_size, fp.crop_fraction, fp.resize_mode)]))
+                              for u in hit])
+        cosine = (full * low).sum(1) / (np.linalg.norm(full, axis=1) * np.linalg.norm(low, axis=1))
+        result["imagenet"].update(harsh_side=harsh, harsh_reduced=len(hit), harsh_max_abs_embedding=float(np.abs(full - low).max()),
+                                  harsh_min_cosine=float(cosine.min()), embedding_scale=float(np.abs(full).mean()))
     return result
 
 
@@ -418,6 +430,11 @@ def _parity_notes(limit: dict, accuracy: dict | None) -> list[str]:
         if im:
             rows.append(f"ImageNet sample (real photos up to 864 px): {im['reduced']} of {im['images']} decode at a reduced "
                         f"scale; max abs embedding difference over all {im['images']}: {im['max_abs_embedding']:.3f}.")
+            if im.get("harsh_reduced"):
+                rows.append(f"The same real photos with a harsher decode (down to 1x instead of 2x what the resize keeps, "
+                            f"min_side {im['harsh_side']}): {im['harsh_reduced']} of them reduce; their embeddings move by at "
+                            f"most {im['harsh_max_abs_embedding']:.3f} (values average {im['embedding_scale']:.3f}; lowest "
+                            f"cosine similarity {im['harsh_min_cosine']:.4f}).")
     return rows
 
 
