@@ -90,7 +90,7 @@ def to_example_bytes(record: BottleneckRecord) -> bytes:
     for name in STRING_FEATURES:
         features[name].bytes_list.value.append(str(getattr(record, name)).encode("utf-8"))
     features[EMBEDDING].float_list.value.extend(np.asarray(record.embedding, np.float32).ravel().tolist())
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)  # map order fixed: equal records, equal bytes (transform_reuse keys on them)
 
 
 def from_example_bytes(data: bytes) -> BottleneckRecord:
