@@ -551,6 +551,8 @@ def render_report(fig: dict, meta: dict, notes: str = "") -> str:
             pps = fig["rescore_pps"]
             lines += ["", f"Rescoring ran at {pps:,.0f} posts/s ({pps / cores:,.0f} per vCPU): about "
                           f"${cost_per_million(pps / cores):.4f} per million posts."]
+    for part, error in (fig.get("failures") or {}).items():
+        lines += ["", f"**{part} failed in this run:** `{error.strip().splitlines()[-1][:300]}`"]
     if notes:
         lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"

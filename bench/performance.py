@@ -117,29 +117,13 @@ def inner_limit(args) -> dict:
                        "draft_shape": "x".join(map(str, small[0].shape[:2]))}
         del full, small
 
-    results = []
-    for b in args.batch_sizes:
-        for threads in args.threads:
-            t = time.perf_counter()
-            if threads == 0:
-                for i in range(0, len(paths), b):
-                    backbone.embed(np.stack([load(p) for p in paths[i:i + b]]))
-            else:
-                with ThreadPoolExecutor(threads) as pool:
-                    batch = []
-                    for image in pool.map(load, paths):
-                        batch.append(image)
-                        if len(batch) == b:
-                            backbone.embed(np.stack(batch))
-                            batch = []
-                    if batch:
-                        backbone.embed(np.stack(batch))
-            seconds = time.perf_counter() - t
-            results.append({"batch_size": b, "threads": threads, "images": len(paths), "seconds": seconds,
-                            "images_per_s": len(paths) / seconds})
-            print(f"limit batch {b} threads {threads}: {len(paths) / seconds:.1f} images/s", flush=True)
+    results = _configs(paths, args.batch_sizes, args.threads, load, backbone)
     best = max(results, key=lambda r: r["images_per_s"])
     out = {"best": best, "configs": results, "kinds": kinds, "side": side}
+    if args.images640:
+        paths640 = _read_list(args.images640)
+        load(paths640[0])
+        out["limit640"] = max(_configs(paths640, [32], [0, 2], load, backbone), key=lambda r: r["images_per_s"])
 
     phones = [p for p in paths if _kind(p) == "phone"][: args.phone_count]
     if phones:
@@ -164,7 +148,39 @@ def inner_limit(args) -> dict:
 
     if args.engine_rounds:
         out["forward"] = _forward_per_engine(args, fp, load(paths[0]))
+    if args.with_accuracy:
+        out["accuracy"] = inner_accuracy(args)
     return out
+
+
+def _configs(paths, batch_sizes, thread_counts, load, backbone) -> list[dict]:
+    """Images per second of the loop for each batch size x decode threads (0: serial)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    results = []
+    for b in batch_sizes:
+        for threads in thread_counts:
+            t = time.perf_counter()
+            if threads == 0:
+                for i in range(0, len(paths), b):
+                    backbone.embed(np.stack([load(p) for p in paths[i:i + b]]))
+            else:
+                with ThreadPoolExecutor(threads) as pool:
+                    batch = []
+                    for image in pool.map(load, paths):
+                        batch.append(image)
+                        if len(batch) == b:
+                            backbone.embed(np.stack(batch))
+                            batch = []
+                    if batch:
+                        backbone.embed(np.stack(batch))
+            seconds = time.perf_counter() - t
+            results.append({"batch_size": b, "threads": threads, "images": len(paths), "seconds": seconds,
+                            "images_per_s": len(paths) / seconds})
+            print(f"limit batch {b} threads {threads}: {len(paths) / seconds:.1f} images/s", flush=True)
+    return results
 
 
 def _forward_per_engine(args, fp, image) -> list[dict]:
@@ -245,7 +261,9 @@ def inner_accuracy(args) -> dict:
         with open(root / "manifests" / f"{bench}.csv") as f:
             rows = list(csv.DictReader(f))
         labels = sorted({r["label"] for r in rows})
-        train = [r for r in rows if r["split"] == "train"][: args.accuracy_train or None]
+        train = [r for r in rows if r["split"] == "train"]
+        if args.accuracy_train and len(train) > args.accuracy_train:  # an even subsample: manifests are sorted by label
+            train = [train[int(i * len(train) / args.accuracy_train)] for i in range(args.accuracy_train)]
         test = [r for r in rows if r["split"] == "test"]
         reference = embed(loaded[engines.SAVEDMODEL], [r["uri"] for r in train])
         head = _softmax_head(reference, np.array([labels.index(r["label"]) for r in train]), len(labels))
@@ -472,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", default=str(SHARED), help=argparse.SUPPRESS)
     parser.add_argument("--accuracy-train", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--images640", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--with-accuracy", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.batch_sizes = [int(v) for v in str(args.limit_batch_sizes).split(",") if v]
     args.threads = [int(v) for v in str(args.limit_threads).split(",") if v]
@@ -517,31 +537,30 @@ def main(argv: list[str] | None = None) -> int:
     inner = ["--artifact", artifact["path"], "--engine", engines.DEFAULT_ENGINE]
 
     if "limit" not in skip:
+        extra = []
+        if "limit640" not in skip:
+            posts = generate_posts(work, 96, args.seed)
+            list640 = runs / "images-640.txt"
+            list640.write_text("\n".join(str(p) for p in posts.images) + "\n")
+            extra += ["--images640", str(list640)]
+        if "accuracy" not in skip:
+            if (Path(args.shared) / "manifests" / "shoes-multiclass.csv").is_file():
+                extra += ["--with-accuracy", "--shared", args.shared, "--accuracy-train", str(args.accuracy_train)]
+            else:
+                log.warning("skipping the accuracy part: no real data at %s", args.shared)
         limit, m = _inner("limit", runs, inner + ["--images", str(image_list), "--count", str(min(args.limit_images, args.n)),
                                                   "--limit-batch-sizes", args.limit_batch_sizes, "--limit-threads",
                                                   args.limit_threads, "--phone-count", str(args.phone_images),
-                                                  "--engine-rounds", str(args.engine_rounds)], "limit")
+                                                  "--engine-rounds", str(args.engine_rounds), *extra], "limit")
         best = limit["best"]
         fig.update(limit_ips=best["images_per_s"], limit_peak_rss=m.peak_rss_bytes, limit=limit,
                    limit_detail=f"best: batch {best['batch_size']}, {best['threads']} decode threads",
                    phone_draft_ips=limit.get("phone_draft_ips"), phone_full_ips=limit.get("phone_full_ips"),
-                   engines={"forward": limit.get("forward", [])})
-    if "limit640" not in skip:
-        posts = generate_posts(work, 96, args.seed)
-        list640 = runs / "images-640.txt"
-        list640.write_text("\n".join(str(p) for p in posts.images) + "\n")
-        limit640, m = _inner("limit", runs, inner + ["--images", str(list640), "--count", "96", "--limit-batch-sizes", "32",
-                                                     "--limit-threads", "0,2", "--engine-rounds", "0"], "limit640")
-        fig.update(limit640_ips=limit640["best"]["images_per_s"], limit640_peak_rss=m.peak_rss_bytes,
-                   limit640_detail=f"best: batch 32, {limit640['best']['threads']} decode threads")
-    accuracy = None
-    if "accuracy" not in skip:
-        if (Path(args.shared) / "manifests" / "shoes-multiclass.csv").is_file():
-            accuracy, _ = _inner("accuracy", runs, inner + ["--shared", args.shared, "--accuracy-train", str(args.accuracy_train)],
-                                 "accuracy")
-            fig.setdefault("engines", {})["accuracy"] = accuracy["accuracy"]
-        else:
-            log.warning("skipping the accuracy part: no real data at %s", args.shared)
+                   engines={"forward": limit.get("forward", []), "accuracy": (limit.get("accuracy") or {}).get("accuracy")})
+        if limit.get("limit640"):
+            fig.update(limit640_ips=limit["limit640"]["images_per_s"],
+                       limit640_detail=f"best: batch 32, {limit['limit640']['threads']} decode threads")
+    accuracy = (fig.get("limit") or {}).get("accuracy")
     fig["decode_parity"] = {"rows": _parity_notes(fig.get("limit") or {}, accuracy)}
 
     runner = ["--direct-num-workers", str(args.direct_num_workers), "--direct-running-mode", args.direct_running_mode,
@@ -573,36 +592,50 @@ def main(argv: list[str] | None = None) -> int:
     if model.is_dir():  # convert the export's backbone for the engine once, as a worker's first batch would
         _inner("warm", runs, ["--model", str(model)], "warm-engine")
     if "scoring" not in skip and model.is_dir():
-        score = ["score", "--model", str(model), "--scored-at", SCORED_AT, "--batch-size", str(args.batch_size), *runner]
-        one = _job(runs, "score-n", _cli(*score, "--input", str(archive.posts), "--output", str(runs / "score-n")))
-        s = _scoring_summary(runs / "score-n")
-        steady = last_progress(one.log, "posts scored")
-        fig.update(scoring_steady_ips=steady and steady["rate"], scoring_seconds=s["seconds"], scoring_wall_s=one.wall_s,
-                   scoring_10n_peak_rss=one.peak_rss_bytes, scoring_scored=s["counts"]["scored"])
-        if "small" not in skip:
-            few = _job(runs, "score-small", _cli(*score, "--input", str(archive.posts_small), "--output", str(runs / "score-small")))
-            fig.update(scoring_n_peak_rss=few.peak_rss_bytes, scoring_small_wall_s=few.wall_s)
+        try:
+            score = ["score", "--model", str(model), "--scored-at", SCORED_AT, "--batch-size", str(args.batch_size), *runner]
+            one = _job(runs, "score-n", _cli(*score, "--input", str(archive.posts), "--output", str(runs / "score-n")))
+            s = _scoring_summary(runs / "score-n")
+            steady = last_progress(one.log, "posts scored")
+            fig.update(scoring_steady_ips=steady and steady["rate"], scoring_seconds=s["seconds"], scoring_wall_s=one.wall_s,
+                       scoring_10n_peak_rss=one.peak_rss_bytes, scoring_scored=s["counts"]["scored"])
+            if "small" not in skip:
+                few = _job(runs, "score-small", _cli(*score, "--input", str(archive.posts_small), "--output", str(runs / "score-small")))
+                fig.update(scoring_n_peak_rss=few.peak_rss_bytes, scoring_small_wall_s=few.wall_s)
+        except Exception as exc:  # one failed part must not lose the others' figures
+            log.error("%s failed: %s", "scoring", exc)
+            fig.setdefault("failures", {})["scoring"] = str(exc)[-800:]
+
     if "peer" not in skip:
-        peer = _job(runs, "peer", [_python(), "-m", "bench.peer_runinference", "--input", str(image_list), "--output",
-                                   str(runs / "peer" / "predictions.txt"), "--model_path", f"{artifact['path']}/saved_model",
-                                   "--size", str(artifact["input_size"]), "--runner=FnApiRunner",
-                                   f"--direct_num_workers={args.direct_num_workers}",
-                                   f"--direct_running_mode={args.direct_running_mode}"])
-        fig.update(peer_wall_s=peer.wall_s, peer_peak_rss=peer.peak_rss_bytes)
+        try:
+            peer = _job(runs, "peer", [_python(), "-m", "bench.peer_runinference", "--input", str(image_list), "--output",
+                                       str(runs / "peer" / "predictions.txt"), "--model_path", f"{artifact['path']}/saved_model",
+                                       "--size", str(artifact["input_size"]), "--runner=FnApiRunner",
+                                       f"--direct_num_workers={args.direct_num_workers}",
+                                       f"--direct_running_mode={args.direct_running_mode}"])
+            fig.update(peer_wall_s=peer.wall_s, peer_peak_rss=peer.peak_rss_bytes)
+        except Exception as exc:  # one failed part must not lose the others' figures
+            log.error("%s failed: %s", "peer", exc)
+            fig.setdefault("failures", {})["peer"] = str(exc)[-800:]
+
     if "rescore" not in skip and model.is_dir():
-        card = json.loads((model / "model_card.json").read_text())
-        t = time.monotonic()
-        stored = write_stored_embeddings(work / f"stored-{args.rescore_n}", args.rescore_n, artifact["embedding_dim"],
-                                         list(card["labels"]), args.seed)
-        log.info("stored embeddings at %s (%.0f s)", stored, time.monotonic() - t)
-        re_run = _job(runs, "rescore", _cli("rescore", "--embeddings", str(stored), "--model", str(model), "--output",
-                                            str(runs / "rescored"), "--scored-at", SCORED_AT,
-                                            "--direct-num-workers", str(args.direct_num_workers),
-                                            "--direct-running-mode", args.direct_running_mode))
-        s = _scoring_summary(runs / "rescored")
-        fig.update(rescore_pps=s["posts_per_second"], rescore_seconds=s["seconds"], rescore_wall_s=re_run.wall_s,
-                   rescore_peak_rss=re_run.peak_rss_bytes, rescore_scored=s["counts"]["scored"])
-        shutil.rmtree(runs / "rescored", ignore_errors=True)  # ~100 MB per million posts; the figures are kept
+        try:
+            card = json.loads((model / "model_card.json").read_text())
+            t = time.monotonic()
+            stored = write_stored_embeddings(work / f"stored-{args.rescore_n}", args.rescore_n, artifact["embedding_dim"],
+                                             list(card["labels"]), args.seed)
+            log.info("stored embeddings at %s (%.0f s)", stored, time.monotonic() - t)
+            re_run = _job(runs, "rescore", _cli("rescore", "--embeddings", str(stored), "--model", str(model), "--output",
+                                                str(runs / "rescored"), "--scored-at", SCORED_AT,
+                                                "--direct-num-workers", str(args.direct_num_workers),
+                                                "--direct-running-mode", args.direct_running_mode))
+            s = _scoring_summary(runs / "rescored")
+            fig.update(rescore_pps=s["posts_per_second"], rescore_seconds=s["seconds"], rescore_wall_s=re_run.wall_s,
+                       rescore_peak_rss=re_run.peak_rss_bytes, rescore_scored=s["counts"]["scored"])
+            shutil.rmtree(runs / "rescored", ignore_errors=True)  # ~100 MB per million posts; the figures are kept
+        except Exception as exc:  # one failed part must not lose the others' figures
+            log.error("%s failed: %s", "rescore", exc)
+            fig.setdefault("failures", {})["rescore"] = str(exc)[-800:]
 
     fig["cpu_seconds"] = dict(_CPU)
     meta["load"] = sampler.stop()
