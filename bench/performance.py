@@ -38,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.perf_helpers import (Archive, generate_archive, generate_posts, last_progress, load_average, machine,
+from bench.perf_helpers import (LABELS, Archive, generate_archive, generate_posts, last_progress, load_average, machine,
                                 render_report, results_json, run_measured)
 
 log = logging.getLogger("bench.performance")
@@ -620,10 +620,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if "rescore" not in skip and model.is_dir():
         try:
-            card = json.loads((model / "model_card.json").read_text())
             t = time.monotonic()
             stored = write_stored_embeddings(work / f"stored-{args.rescore_n}", args.rescore_n, artifact["embedding_dim"],
-                                             list(card["labels"]), args.seed)
+                                             list(LABELS), args.seed)  # the benchmark's labels, in a fixed order: reused
             log.info("stored embeddings at %s (%.0f s)", stored, time.monotonic() - t)
             re_run = _job(runs, "rescore", _cli("rescore", "--embeddings", str(stored), "--model", str(model), "--output",
                                                 str(runs / "rescored"), "--scored-at", SCORED_AT,
