@@ -76,8 +76,15 @@ def sniff_format(data: bytes) -> str | None:
         return None
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> np.ndarray:
     """Decode ``data`` into a C-contiguous HxWx3 uint8 RGB array, upright per EXIF.
+
+    ``min_side``: decode a JPEG at a reduced scale (libjpeg's DCT-domain 1/2, 1/4 or 1/8,
+    through Pillow's ``Image.draft``) as long as both sides stay >= ``min_side``. A
+    24 MP phone photo then costs about a tenth of a full decode; callers pass what
+    their own resize needs with a margin (:func:`brandlens.preprocess.decode_side`),
+    so an exact antialiased resize still does the last step. Other formats, and
+    None, decode at full size.
 
     Only the first frame of animated GIF/WebP and multi-page TIFF is used. Transparent
     pixels are composited on white, as browsers and catalogue pages show product cut-outs;
@@ -105,6 +112,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(reader, formats=SUPPORTED_FORMATS) as img:
                 _check_size(img.size, max_pixels)
+                if min_side:
+                    img.draft(None, (int(min_side), int(min_side)))  # no-op for formats other than JPEG
                 img.load()
                 _check_size(img.size, max_pixels)  # a GIF frame may outgrow its screen
                 ImageOps.exif_transpose(img, in_place=True)

@@ -18,8 +18,9 @@ for 92 with the EfficientNet crop and 82 when the whole image is squashed to a s
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-import tensorflow as tf
 
 CENTER_CROP = "center_crop"
 SQUASH = "squash"
@@ -27,6 +28,9 @@ PAD = "pad"
 RESIZE_MODES = (CENTER_CROP, SQUASH, PAD)
 DEFAULT_RESIZE_MODE = CENTER_CROP
 PAD_VALUE = 127.0
+# A reduced-scale JPEG decode stays at least this many times the model's input on the side
+# that is resized, so the antialiased bilinear resize still does the final step.
+DECODE_MARGIN = 2.0
 
 
 def default_crop_fraction(input_size: int, resize_mode: str = DEFAULT_RESIZE_MODE) -> float:
@@ -34,7 +38,21 @@ def default_crop_fraction(input_size: int, resize_mode: str = DEFAULT_RESIZE_MOD
     return input_size / (input_size + 32) if resize_mode == CENTER_CROP else 1.0
 
 
+def decode_side(size: int, crop_fraction: float, grid: int = 1, keep_fraction: float = 1.0,
+                margin: float = DECODE_MARGIN) -> int:
+    """The shorter side a decoded image needs for ``crop_and_resize(image, size, crop_fraction, any mode)``.
+
+    The resized region (a crop of ``crop_fraction`` x a side in every mode) keeps >= ``margin``
+    x ``size`` pixels, also for multi-crop tiles (``grid`` per side) and for augmentations that
+    first keep ``keep_fraction`` of each side. The decoder passes it to
+    :func:`brandlens.imaging.decode_image` as ``min_side``.
+    """
+    return int(math.ceil(margin * size * max(1, grid) / (crop_fraction * keep_fraction)))
+
+
 def _central(image, fraction_h, fraction_w):
+    import tensorflow as tf
+
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
     crop_h = tf.maximum(tf.cast(tf.round(tf.cast(height, tf.float32) * fraction_h), tf.int32), 1)
@@ -46,6 +64,8 @@ def _central(image, fraction_h, fraction_w):
 
 def crop_and_resize(image, size: int, crop_fraction: float, resize_mode: str = DEFAULT_RESIZE_MODE):
     """HxWx3 image tensor (any dtype) -> float32 size x size x 3 in the input's value range."""
+    import tensorflow as tf  # here, so that the jobs' planning and cached reruns need not import it
+
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
     image = tf.convert_to_tensor(image)

@@ -99,7 +99,7 @@ def to_example_bytes(record: BottleneckRecord) -> bytes:
     features[EMBEDDING].float_list.value.extend(np.asarray(record.embedding, np.float32).ravel().tolist())
     if record.cut_map:
         features[CUT_MAP].bytes_list.value.append(record.cut_map)
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)  # map order fixed: equal records, equal bytes (transform_reuse keys on them)
 
 
 def encode_cut_map(values: np.ndarray) -> bytes:

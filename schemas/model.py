@@ -17,6 +17,15 @@ An export directory holds:
   batch, call it through :func:`brandlens.serving.score_decodable` (it splits a
   failing batch until each bad image stands alone and reports it), or decode
   yourself and call ``score_images``, as the scoring job does.
+  Tolerance between the jobs and ``serving_default``: the jobs decode JPEGs whose shorter side is at least twice
+  ``brandlens.preprocess.decode_side`` (1168 px for a 260-px backbone) at a reduced
+  DCT scale (``brandlens.imaging.decode_image(min_side=...)``), then resize exactly;
+  ``serving_default`` decodes every JPEG in full. Smaller images (every photo of the
+  shared benchmarks) get the same pixels either way. On generated 12-24 MP phone
+  photos the embeddings differ by at most 0.136 (values average 0.156; lowest
+  cosine similarity 0.9987; bench/RESULTS-performance.md, 2026-12-02). The jobs also run the backbone on
+  ``brandlens.engines``' default engine (TFLite, embeddings within ~1e-5), not on
+  this SavedModel.
 - ``tf_serving/<version>/``: the same serving SavedModel in TF Serving's
   layout (``--model_base_path=<export>/tf_serving``; the version is the export's
   UTC creation time, YYYYMMDDhhmmss), with ``assets.extra/model_card.json``;

@@ -388,3 +388,54 @@ def test_sniff_format_reads_only_the_header():
     started = time.perf_counter()
     assert sniff_format(huge) == "PNG"
     assert time.perf_counter() - started < 0.5
+
+
+# Reduced-scale JPEG decoding (min_side)
+
+
+def textured(width: int, height: int) -> Image.Image:
+    low = np.random.default_rng(3).integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
+    return Image.fromarray(low).resize((width, height), Image.BICUBIC)
+
+
+def test_min_side_decodes_a_jpeg_at_a_reduced_scale_close_to_the_full_decode():
+    data = encode(textured(1600, 1200), "JPEG", quality=92)
+    full = decode_image(data)
+    small = decode_image(data, min_side=300)  # 1200 // 300 = 4: a quarter of each side
+    assert full.shape == (1200, 1600, 3) and small.shape == (300, 400, 3)
+    assert small.dtype == np.uint8 and small.flags.c_contiguous
+    reference = np.asarray(Image.fromarray(full).reduce(4), np.int16)
+    assert np.abs(small.astype(np.int16) - reference).mean() < 2.0
+    assert decode_image(data, min_side=500).shape == (600, 800, 3)  # 1200 // 500 = 2: half each side
+    assert decode_image(data, min_side=700).shape == full.shape  # 1200 // 700 = 1
+    assert decode_image(data, min_side=1200).shape == full.shape and decode_image(data, min_side=5000).shape == full.shape
+
+
+@pytest.mark.parametrize("orientation, red_at", [(6, (2, 36)), (8, (76, 2)), (3, (36, 76)), (1, (2, 2))])
+def test_min_side_keeps_exif_orientation(orientation, red_at):
+    image = textured(320, 160)
+    image.paste((255, 0, 0), (0, 0, 32, 32))  # the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    pixels = decode_image(encode(image, "JPEG", exif=exif, quality=95), min_side=40)  # 160 // 40: a quarter
+    assert pixels.shape == ((40, 80, 3) if orientation in (1, 3) else (80, 40, 3))
+    assert pixels[red_at].tolist() == pytest.approx([255, 0, 0], abs=30)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_min_side_leaves_other_formats_at_full_size(fmt):
+    data = encode(textured(640, 480), fmt)
+    assert np.array_equal(decode_image(data, min_side=100), decode_image(data))
+
+
+def test_min_side_still_checks_max_pixels_on_the_full_size():
+    data = encode(textured(1600, 1200), "JPEG")
+    assert reason_of(data, max_pixels=1_000_000, min_side=100).reason == imaging.TOO_LARGE
+
+
+def test_decode_side_keeps_twice_the_resized_region():
+    from brandlens.preprocess import decode_side, default_crop_fraction
+
+    assert decode_side(260, default_crop_fraction(260)) == 584  # 2 x 260 / (260 / 292)
+    assert decode_side(224, 1.0) == 448 and decode_side(224, 1.0, grid=2) == 896
+    assert decode_side(224, 1.0, keep_fraction=0.75) == 598

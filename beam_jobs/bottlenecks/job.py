@@ -23,7 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.bottlenecks.config import NAMESPACE, BottleneckConfig
 from beam_jobs.bottlenecks.pipeline import CACHE_HITS, CNN_IMAGES, EXAMPLES, build_pipeline
-from beam_jobs.bottlenecks.transform_pipeline import build_transform_pipeline
+from beam_jobs.bottlenecks import transform_reuse
 from beam_jobs.common.accounting import DEAD_LETTERED, READ, WRITTEN, nest_counts, query_counters, reconcile, total, write_json
 from beam_jobs.common.inference import inference_metrics
 from beam_jobs.common.inputs import with_inferred_base_uri
@@ -98,6 +98,8 @@ def _run_transform(config: BottleneckConfig, embedding_dim: int, run_id: str) ->
     scratch = tempfile.mkdtemp(prefix="brandlens-tft-") if local else None
     temp_dir = f"{scratch}/tmp" if local else f"{config.output}/.tft-tmp-{run_id}"
     transform_dir = f"{scratch}/{layout.TRANSFORM}" if local else f"{config.output}/{layout.TRANSFORM}"
+    from beam_jobs.bottlenecks.transform_pipeline import build_transform_pipeline  # imports TF: only when it runs
+
     try:
         pipeline = beam.Pipeline(options=config.runner.pipeline_options())
         build_transform_pipeline(pipeline, config.output, embedding_dim, temp_dir, config.num_shards, transform_dir)
@@ -190,10 +192,19 @@ def run(config: BottleneckConfig) -> dict:
                 f"no training examples: {counts[READ]} records read, {total(counts[DEAD_LETTERED])} dead-lettered "
                 f"({', '.join(f'{k}: {v}' for k, v in counts[DEAD_LETTERED].items()) or 'none'}), "
                 f"{total(counts[WRITTEN])} written to other splits; see {config.output}/{layout.DEAD_LETTERS}/")
-        transform_dir = _run_transform(config, fingerprint.embedding_dim, run_id)
-        summary["vocabulary"] = _vocabulary(transform_dir)
-        if fileio.is_remote(config.output) and not fileio.is_remote(transform_dir):
-            shutil.rmtree(Path(transform_dir).parent, ignore_errors=True)
+        key = transform_reuse.transform_key(config.output, fingerprint.version, config.num_shards) if config.use_cache else None
+        stored = key and transform_reuse.find(config.cache, key)
+        if stored:  # the same examples, backbone and transform code: reuse, do not analyse again
+            summary["vocabulary"] = transform_reuse.restore(stored, config.output)
+            log.info("tensorflow-transform output reused from %s", stored)
+        else:
+            transform_dir = _run_transform(config, fingerprint.embedding_dim, run_id)
+            summary["vocabulary"] = _vocabulary(transform_dir)
+            if fileio.is_remote(config.output) and not fileio.is_remote(transform_dir):
+                shutil.rmtree(Path(transform_dir).parent, ignore_errors=True)
+            if key:
+                transform_reuse.store(config.output, config.cache, key, summary["vocabulary"])
+        summary["transform"] = {"key": key, "reused": bool(stored)}
         summary["status"] = "ok"
     except BaseException as exc:
         summary["status"] = f"failed: {exc}"

@@ -25,15 +25,16 @@ from beam_jobs.bottlenecks.splits import assign_split
 from beam_jobs.common.accounting import READ, WRITTEN, CountAs, Counters, WriteDeadLetters, counter_name
 from beam_jobs.common.cache import ReadEmbeddingCache, WriteEmbeddingCache, cache_folder
 from beam_jobs.common.embedding import FAILED_TAG, EmbedImages
-from beam_jobs.common.images import FetchImageBytes, decode
+from beam_jobs.common.images import FetchImageBytes, decode, fetch
 from beam_jobs.common.progress import LogProgress
-from beam_jobs.common.records import DEAD_LETTER_TAG, EMBED_FAILED, STAGE_EMBED, STAGE_LABEL, ImageRecord
+from beam_jobs.common.records import DEAD_LETTER_TAG, EMBED_FAILED, STAGE_EMBED, STAGE_FETCH, STAGE_LABEL, ImageRecord
 from beam_jobs.common.sources import FORMAT_WEBDATASET, ReadImages
 from brandlens.backbones.artifact import BackboneFingerprint
 from brandlens.imaging import content_hash
+from brandlens.preprocess import decode_side
 from schemas import layout
 from schemas.bottleneck import ORIGINAL_VARIANT, SPLITS, BottleneckRecord, encode_cut_map, to_example_bytes
-from schemas.dead_letter import DeadLetter
+from schemas.dead_letter import UNREADABLE, DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,11 @@ class _CheckLabelsDoFn(beam.DoFn):
 
 
 class _HashAndLabelDoFn(beam.DoFn):
-    def __init__(self, labels, fractions, label_map=()):
-        self._labels, self._fractions, self._label_map = labels, fractions, label_map
+    """``keep_bytes`` False: the bytes do not travel through the cache join (a runner may hold a whole
+    shuffle in memory: ~4 MB per phone photo); the plan reads them again for the images the CNN needs."""
+
+    def __init__(self, labels, fractions, label_map=(), keep_bytes: bool = True):
+        self._labels, self._fractions, self._label_map, self._keep_bytes = labels, fractions, label_map, keep_bytes
 
     def process(self, record: ImageRecord):
         digest = content_hash(record.data)
@@ -104,18 +108,20 @@ class _HashAndLabelDoFn(beam.DoFn):
         if dead is not None:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
         else:
-            yield digest, (candidate, record.data)
+            yield digest, (candidate, record.data if self._keep_bytes else None)
 
 
 class _PlanDoFn(beam.DoFn):
     """Per distinct image: keep one record, reuse cached variants, send the rest to the CNN."""
 
-    def __init__(self, config: BottleneckConfig, backbone: str):
+    def __init__(self, config: BottleneckConfig, backbone: str, min_side: int | None = None):
+        self._min_side = min_side  # decode JPEGs at the scoring job's reduced scale; boxes (logos, backgrounds) need full size
         self._augment = config.augment
         self._logo_crops = config.logo_crops
         self._background_label = config.background_label if config.background_crops else None
         self._logo_margin = config.logo_margin
         self._max_pixels = config.max_pixels
+        self._max_bytes = config.max_bytes
         self._backbone = backbone
         self._counters = Counters(NAMESPACE)
 
@@ -143,7 +149,10 @@ class _PlanDoFn(beam.DoFn):
 
         requests = []
         if missing:
-            rgb = decode(ImageRecord(kept.uri, kept.record_id, data=data), self._max_pixels)
+            min_side = None if any(v.kind in (aug.LOGO, aug.BACKGROUND) for v in missing) else self._min_side
+            rgb = self._read_again(kept, digest) if data is None else ImageRecord(kept.uri, kept.record_id, data=data)
+            if isinstance(rgb, ImageRecord):
+                rgb = decode(rgb, self._max_pixels, min_side)
             if isinstance(rgb, DeadLetter):  # identical bytes: every copy fails alike
                 for candidate, _ in members:
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
@@ -164,6 +173,13 @@ class _PlanDoFn(beam.DoFn):
         if requests:
             self._counters.inc(CNN_IMAGES)
         self._count_duplicates(decision)
+
+    def _read_again(self, kept, digest: str):
+        """The kept image's bytes, read again; a DeadLetter if it is gone or changed since it was hashed."""
+        record = fetch(ImageRecord(kept.uri, kept.record_id), self._max_bytes)
+        if isinstance(record, ImageRecord) and content_hash(record.data) != digest:
+            return record.dead_letter(STAGE_FETCH, UNREADABLE, "the file changed while the job read it")
+        return record
 
     def _variant_pixels(self, rgb, digest: str, variants):
         for variant in variants:
@@ -251,7 +267,9 @@ def build_pipeline(pipeline, config: BottleneckConfig, artifact_dir: str, finger
     fetched = to_fetch | "Fetch" >> FetchImageBytes(config.max_bytes)
     hashed = (fetched["records"]
               | "LogFetched" >> LogProgress("images read", config.progress_interval)
-              | "HashAndLabel" >> beam.ParDo(_HashAndLabelDoFn(labels, fractions, config.label_map)).with_outputs(DEAD_LETTER_TAG, main="candidates"))
+              | "HashAndLabel" >> beam.ParDo(_HashAndLabelDoFn(labels, fractions, config.label_map,
+                                                                keep_bytes=spec.resolved_format == FORMAT_WEBDATASET))
+              .with_outputs(DEAD_LETTER_TAG, main="candidates"))
 
     if config.use_cache:
         folder = cache_folder(config.cache, fingerprint.directory_name, config.cut)
@@ -261,7 +279,7 @@ def build_pipeline(pipeline, config: BottleneckConfig, artifact_dir: str, finger
     planned = (
         {"candidates": hashed["candidates"], "cache": cached}
         | "JoinCache" >> beam.CoGroupByKey()
-        | "Plan" >> beam.ParDo(_PlanDoFn(config, backbone)).with_outputs(REQUESTS_TAG, DEAD_LETTER_TAG, main="ready")
+        | "Plan" >> beam.ParDo(_PlanDoFn(config, backbone, decode_side(fingerprint.input_size, fingerprint.crop_fraction))).with_outputs(REQUESTS_TAG, DEAD_LETTER_TAG, main="ready")
     )
     embedded = planned[REQUESTS_TAG] | "Embed" >> EmbedImages(
         artifact_dir, config.batch_size, NAMESPACE, config.progress_interval, cut=config.cut)

@@ -1,8 +1,9 @@
 """The backbone as a Beam ``ModelHandler``, and the embedding step built on RunInference.
 
 The artifact directory is materialised once by the driver and only its path
-travels to workers; RunInference loads the SavedModel once per worker process
-(:meth:`BackboneHandler.load_model`, the one place an engine is chosen) and
+travels to workers; RunInference loads the backbone once per worker process
+(:meth:`BackboneHandler.load_model`, the one place an engine is chosen:
+``brandlens.engines``' default, TFLite, or the SavedModel for a ``cut``) and
 runs batches of ``batch_size`` prepared images. Each element's prediction is
 a dict of named numpy outputs: ``embedding``, and with a ``cut`` also
 ``cut_map``, the map entering that block, from the same forward pass.
@@ -37,7 +38,12 @@ class BackboneHandler(ModelHandler):
         self._cut = cut
 
     def load_model(self):
-        from brandlens.backbones.artifact import load_backbone
+        """The one engine seam: ``brandlens.engines``' default engine (TFLite) for embeddings; a cut needs the
+        map entering a block, which only the artifact's own SavedModel exposes."""
+        if self._cut is not None:
+            from brandlens.backbones.artifact import load_backbone
+        else:
+            from brandlens.engines import load_backbone
 
         return load_backbone(self._artifact_dir)
 

@@ -79,10 +79,13 @@ def prepare_image(rgb: np.ndarray, size: int, crop_fraction: float, resize_mode:
     return fn(rgb).numpy()
 
 
-def decode(record: ImageRecord, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """HxWx3 uint8 RGB pixels of a fetched record, or a DeadLetter with the decoder's reason."""
+def decode(record: ImageRecord, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None):
+    """HxWx3 uint8 RGB pixels of a fetched record, or a DeadLetter with the decoder's reason.
+
+    ``min_side``: JPEGs may decode at a reduced scale down to this shorter side (see decode_image).
+    """
     try:
-        return decode_image(record.data, max_pixels=max_pixels)
+        return decode_image(record.data, max_pixels=max_pixels, min_side=min_side)
     except ImageDecodeError as exc:
         return record.dead_letter(STAGE_DECODE, exc.reason, exc.message)
 

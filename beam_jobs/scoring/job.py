@@ -24,6 +24,7 @@ from beam_jobs.scoring.config import NAMESPACE, RescoreConfig, ScoringConfig
 from beam_jobs.scoring.model import read_model_card
 from beam_jobs.scoring.parquet_sink import run_key
 from beam_jobs.scoring.pipeline import SCORED, build_pipeline, build_rescore_pipeline
+from beam_jobs.scoring.stored import EmbeddingBatch, ReadStoredEmbeddings
 from brandlens import __version__, fileio
 from brandlens.errors import ConfigError
 from schemas import scores as schema
@@ -149,7 +150,7 @@ def _from_example(data: bytes, run_date: str):
 
 
 def _examples_batch(batch):
-    """A batch of :func:`_from_example` items -> (partition, meta table, float32 [N, D])."""
+    """A batch of :func:`_from_example` items -> an EmbeddingBatch (partition, meta table, float32 [N, D])."""
     import numpy as np
     import pyarrow as pa
 
@@ -158,24 +159,7 @@ def _examples_batch(batch):
     for name in metas[0]["carried"]:
         columns[name] = [m["carried"][name] for m in metas]
     table = pa.table({name: pa.array(values, pa.string()) for name, values in columns.items()})
-    return metas[0]["dt"], table, np.stack([embedding for _, embedding in batch]).astype(np.float32, copy=False)
-
-
-def _partition_of_file(filename: str):
-    return next((part.split("=", 1)[1] for part in filename.split("/") if part.startswith(f"{schema.PARTITION}=")), None)
-
-
-def _parquet_batch(item):
-    """(file name, Arrow table of stored scores with embeddings) -> (partition, meta table, float32 [N, D])."""
-    import numpy as np
-
-    filename, table = item
-    if table.num_rows == 0:
-        return []
-    column = table.column(schema.EMBEDDING)
-    values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    embeddings = np.asarray(values, np.float32).reshape(table.num_rows, -1)
-    return [(_partition_of_file(filename), table.drop_columns([schema.EMBEDDING]), embeddings)]
+    return EmbeddingBatch(metas[0]["dt"], table, np.stack([embedding for _, embedding in batch]).astype(np.float32, copy=False))
 
 
 def rescore(config: RescoreConfig) -> dict:
@@ -191,7 +175,7 @@ def rescore(config: RescoreConfig) -> dict:
         embeddings = (pipeline | "ReadExamples" >> beam.io.ReadFromTFRecord(examples)
                       | "Embeddings" >> beam.FlatMap(_from_example, scored_at.date().isoformat())
                       | "Batch" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
-                      | "ToTables" >> beam.Map(_examples_batch))
+                      | "ToTables" >> beam.Map(_examples_batch).with_output_types(EmbeddingBatch))
         source = examples
     else:
         source = f"{config.embeddings.rstrip('/')}/**/*.parquet"
@@ -208,9 +192,8 @@ def rescore(config: RescoreConfig) -> dict:
         carried = tuple((n, n) for n in names if n not in fixed and not n.startswith("score_"))
         uris = [schema.IMAGE_URI] + ([schema.RESOLVED_URI] if schema.RESOLVED_URI in names else [])
         columns = [schema.POST_ID, *uris, schema.CONTENT_HASH, schema.EMBEDDING] + [n for n, _ in carried]
-        embeddings = (pipeline | "ParquetPattern" >> beam.Create([source])
-                      | "ReadParquet" >> beam.io.ReadAllFromParquetBatched(columns=columns, with_filename=True)
-                      | "Embeddings" >> beam.FlatMap(_parquet_batch))
+        embeddings = (pipeline | "ParquetFiles" >> beam.Create(sorted(m.path for m in files))
+                      | "ReadParquet" >> ReadStoredEmbeddings(columns))
     run_id = run_key("rescore", source, card.version_id)
     fileio.delete_tree(config.out.run_dir(run_id))
     build_rescore_pipeline(pipeline, config, card, embeddings, carried, run_id, scored_at)

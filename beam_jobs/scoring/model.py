@@ -20,7 +20,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from beam_jobs.common.inference import batching
-from brandlens import fileio
+from brandlens import engines, fileio
 from brandlens.errors import ArtifactError
 from schemas import model as contract
 
@@ -73,22 +73,34 @@ def read_model_card(export_dir: str) -> ModelCard:
 
 
 class ScoringModel:
-    """The serving and head SavedModels of one export, with its card."""
+    """The serving and head SavedModels of one export, with its card.
 
-    def __init__(self, export_dir: str):
+    ``engine`` (``brandlens.engines``) runs ``score_images``: ``savedmodel`` calls the serving
+    signature; any other engine runs the serving model's own backbone on that engine, then the
+    head (what the signature computes, to the engine's tolerance; ``schemas/model.py``).
+    """
+
+    def __init__(self, export_dir: str, engine: str = engines.SAVEDMODEL):
         import tensorflow as tf
 
+        if engine not in engines.ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(engines.ENGINES)}")
+        self.engine = engine
         self.card = read_model_card(str(export_dir))
         local = fileio.localize_dir(export_dir)
         self._serving = None
         self._head = None
+        self._engine = None
         self._tf = tf
         self._local = Path(local)
         self._lock = threading.Lock()
 
     def load(self, folder: str) -> None:
         """Load ``serving/`` or ``head/`` now (model load time belongs to loading, not to the first batch)."""
-        if folder == contract.SERVING_DIR:
+        if folder == contract.SERVING_DIR and self.engine != engines.SAVEDMODEL:
+            self._backbone_engine()
+            self._signature("_head", contract.HEAD_DIR, contract.SIG_EMBEDDING)
+        elif folder == contract.SERVING_DIR:
             self._signature("_serving", contract.SERVING_DIR, contract.SIG_IMAGES)
         else:
             self._signature("_head", contract.HEAD_DIR, contract.SIG_EMBEDDING)
@@ -101,8 +113,17 @@ class ScoringModel:
                 setattr(self, attr, (loaded, loaded.signatures[name]))
             return getattr(self, attr)[1]
 
+    def _backbone_engine(self):
+        with self._lock:
+            if self._engine is None:
+                self._engine = engines.load_engine(self.engine, self._local / contract.SERVING_DIR,
+                                                   self.card.backbone_version, within=("backbone",))
+            return self._engine
+
     def score_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Prepared float32 [N, S, S, 3] images -> the contract's outputs as numpy."""
+        """Prepared float32 [N, S, S, 3] images -> the contract's outputs as numpy (on this model's engine)."""
+        if self.engine != engines.SAVEDMODEL:
+            return self.score_embeddings(self._backbone_engine().embed(images))
         signature = self._signature("_serving", contract.SERVING_DIR, contract.SIG_IMAGES)
         out = signature(**{contract.INPUT_IMAGES: self._tf.convert_to_tensor(images, self._tf.float32)})
         return _numpy(out)
@@ -125,12 +146,13 @@ class _ExportHandler(ModelHandler):
 
     _part = ""
 
-    def __init__(self, export_dir: str, **batching):
+    def __init__(self, export_dir: str, engine: str = engines.SAVEDMODEL, **batching):
         super().__init__(**batching)
-        self._export_dir = str(export_dir)
+        self._export_dir, self._engine = str(export_dir), engine
 
     def load_model(self) -> ScoringModel:
-        model = ScoringModel(self._export_dir)
+        """The one engine seam of the scoring job: the export on this handler's engine, loaded now."""
+        model = ScoringModel(self._export_dir, self._engine)
         model.load(self._part)
         return model
 
@@ -155,8 +177,9 @@ class ImagesHandler(_ExportHandler):
 
     _part = contract.SERVING_DIR
 
-    def __init__(self, export_dir: str, batch_size: int, max_batch_duration_secs: float | None = None):
-        super().__init__(export_dir, **batching(batch_size, max_batch_duration_secs))
+    def __init__(self, export_dir: str, batch_size: int, max_batch_duration_secs: float | None = None,
+                 engine: str = engines.DEFAULT_ENGINE):
+        super().__init__(export_dir, engine, **batching(batch_size, max_batch_duration_secs))
 
     def _call(self, model: ScoringModel, rows: np.ndarray) -> dict[str, np.ndarray]:
         return model.score_images(rows)

@@ -1,12 +1,13 @@
 """The scoring pipeline: posts -> scored rows in Parquet, every post accounted for.
 
     ReadPosts -> IdentifyPosts -> OnePerPostId (shuffle) -> FetchImageBytes
-      -> DecodeAndPrepare -> Score (RunInference: batched, one model per worker) -> ToRows -> WriteParquet
+      -> BatchForDecode -> DecodeAndPrepare (one thread per core; JPEGs at a reduced DCT scale)
+      -> Score (RunInference: batched, one model per worker) -> ToRows -> WriteParquet
     every failure -> WriteDeadLetters
 
 Counts (Beam counters in ``brandlens.scoring``): ``read = scored + dead_lettered``.
 Rescoring (:func:`build_rescore_pipeline`) reads stored embeddings and runs the
-head only (RunInference over chunks of rows).
+head only (RunInference over chunks of rows of ``EmbeddingBatch``es, ``beam_jobs.scoring.stored``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import numpy as np
@@ -29,7 +32,9 @@ from beam_jobs.scoring.model import HeadHandler, ImagesHandler, ModelCard
 from beam_jobs.scoring.parquet_sink import WriteScoresParquet, WriteScoresParquetBatched
 from beam_jobs.scoring.rows import (BadPost, best_view, brand_mask, brand_scores, given_uri, partition_of, post_id_of,
                                     score_row, views)
+from beam_jobs.scoring.stored import EmbeddingBatch
 from brandlens.imaging import content_hash
+from brandlens.preprocess import decode_side
 from schemas import scores as schema
 from schemas.dead_letter import BAD_ROW, DeadLetter
 
@@ -37,6 +42,7 @@ SCORED = "scored"
 STAGE_SCORE = "score"
 DUPLICATE_POST = "duplicate_post_id"
 SCORE_FAILED = "score_failed"
+PREPARE_FAILED = "prepare_failed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +86,10 @@ def _one_per_post(item):
 class _DecodeAndPrepare(beam.DoFn):
     def __init__(self, size: int, crop_fraction: float, resize_mode: str, grid: int, max_pixels: int):
         self._size, self._crop, self._mode, self._grid, self._max_pixels = size, crop_fraction, resize_mode, grid, max_pixels
+        self._min_side = decode_side(size, crop_fraction, grid)
 
     def process(self, post: Post):
-        rgb = decode(post.record, self._max_pixels)
+        rgb = decode(post.record, self._max_pixels, self._min_side)
         if isinstance(rgb, DeadLetter):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, rgb)
             return
@@ -91,10 +98,33 @@ class _DecodeAndPrepare(beam.DoFn):
             prepared = [prepare_image(whole, self._size, self._crop, self._mode)]
             prepared += [prepare_image(tile, self._size, 1.0, "squash") for tile in tiles]
         except Exception as exc:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, post.record.dead_letter(STAGE_DECODE, "prepare_failed", f"{type(exc).__name__}: {exc}"))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, post.record.dead_letter(STAGE_DECODE, PREPARE_FAILED, f"{type(exc).__name__}: {exc}"))
             return
         slim = dataclasses.replace(post, record=post.record.without_data(), content_hash=content_hash(post.record.data))
         yield slim, np.stack(prepared)
+
+
+class _DecodeAndPrepareBatch(_DecodeAndPrepare):
+    """The same for a batch of posts, decoded by one thread per core: Pillow's decoders and TensorFlow's
+    resize release the GIL, and decoding phone photos costs as much as the forward pass. Each post still
+    ends alone: its views, or its own dead letter."""
+
+    def setup(self):
+        self._pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="decode")
+
+    def teardown(self):
+        self._pool.shutdown(wait=False)
+
+    def _one(self, post: Post) -> list:
+        try:
+            return list(_DecodeAndPrepare.process(self, post))
+        except Exception as exc:  # a surprise in one post must not cost its batch
+            return [beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, post.record.dead_letter(
+                STAGE_DECODE, PREPARE_FAILED, f"{type(exc).__name__}: {exc}"))]
+
+    def process(self, posts):
+        for outputs in self._pool.map(self._one, posts):
+            yield from outputs
 
 
 class _ToRow:
@@ -150,8 +180,12 @@ def build_pipeline(pipeline, config: ScoringConfig, card: ModelCard, carried: tu
         | "RecordOf" >> beam.Map(lambda p: (p, p.record))
         | "FetchImageBytes" >> beam.ParDo(_FetchPost(config.max_bytes)).with_outputs(DEAD_LETTER_TAG, main="posts")
     )
-    prepared = fetched["posts"] | "DecodeAndPrepare" >> beam.ParDo(
-        _DecodeAndPrepare(card.input_size, card.crop_fraction, card.resize_mode, config.multi_crop, config.max_pixels)).with_outputs(DEAD_LETTER_TAG, main="views")
+    prepared = (
+        fetched["posts"]
+        | "BatchForDecode" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
+        | "DecodeAndPrepare" >> beam.ParDo(_DecodeAndPrepareBatch(
+            card.input_size, card.crop_fraction, card.resize_mode, config.multi_crop, config.max_pixels)).with_outputs(DEAD_LETTER_TAG, main="views")
+    )
     scored = prepared["views"] | "Score" >> KeyedInference(ImagesHandler(config.model, config.batch_size), NAMESPACE)
     rows = scored.results | "ToRows" >> beam.Map(_ToRow(card, scored_at, config.write_embedding, config.progress_interval, carried))
     score_dead = scored.failures | "ScoreFailures" >> beam.Map(_score_failure)
@@ -187,8 +221,9 @@ class _FetchPost(beam.DoFn):
             yield dataclasses.replace(post, record=result)
 
 
-def _chunks(element, batch_size: int):
-    """(partition, meta table, float32 [N, D]) -> ((partition, meta slice), embeddings slice) of ``batch_size`` rows."""
+def _chunks(element: EmbeddingBatch, batch_size: int):
+    """EmbeddingBatch (partition, meta table, float32 [N, D]) -> ((partition, meta slice), embeddings slice) of
+    ``batch_size`` rows: the keyed elements HeadHandler scores, one head call each."""
     import pyarrow as pa
 
     partition, meta, embeddings = element
@@ -255,19 +290,19 @@ def _rescore_failures(item):
 
 def build_rescore_pipeline(pipeline, config: RescoreConfig, card: ModelCard, batches,
                            carried: tuple[tuple[str, str], ...], run: str, scored_at: dt.datetime):
-    """``batches``: a PCollection of (partition, pyarrow table of post_id, image_uri, content_hash and the carried
-    columns, float32 [N, D] embeddings) -> Parquet rows through the head only, batch by batch (counts ``read``);
+    """``batches``: a PCollection of EmbeddingBatch (partition, pyarrow table of post_id, image_uri, content_hash and
+    the carried columns, float32 [N, D] embeddings) -> Parquet rows through the head only, batch by batch (counts ``read``);
     a chunk the head fails on is dead-lettered row by row."""
     arrow = schema.scores_schema(list(card.labels), [out for out, _ in carried])
     counters = Counters(NAMESPACE)
 
-    def count_read(element):
-        counters.inc(READ, element[1].num_rows)
+    def count_read(element: EmbeddingBatch):
+        counters.inc(READ, element.meta.num_rows)
         return element
 
     scored = (
         batches
-        | "CountRead" >> beam.Map(count_read)
+        | "CountRead" >> beam.Map(count_read).with_output_types(EmbeddingBatch)
         | "Chunks" >> beam.FlatMap(_chunks, config.batch_size)
         | "RescoreWithHead" >> KeyedInference(HeadHandler(config.model), NAMESPACE)
     )
