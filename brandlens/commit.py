@@ -17,6 +17,7 @@ is idempotent. Works through Beam's FileSystems (local paths and gs:// alike).
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -122,7 +123,10 @@ def recover(manifest: str) -> dict | None:
 def remove_stale_staging(folder: str, keep: str | None = None) -> None:
     """Delete the staging folders (``_attempt-*``) left in ``folder`` by killed runs (all but ``keep``)."""
     prefix = folder.rstrip("/") + "/"
-    stale = {prefix + m.path[len(prefix):].split("/")[0]
-             for r in _fs().match([prefix + "_attempt-*/**"]) for m in r.metadata_list if m.path.startswith(prefix)}
+    if fileio.is_remote(folder):
+        stale = {prefix + m.path[len(prefix):].split("/")[0]
+                 for r in _fs().match([prefix + "_attempt-*/**"]) for m in r.metadata_list if m.path.startswith(prefix)}
+    else:  # local folders can be empty (a run killed before it wrote a file), which no file match finds
+        stale = set(glob.glob(glob.escape(prefix) + "_attempt-*"))
     for path in sorted(stale - {keep}):
         fileio.delete_tree(path)

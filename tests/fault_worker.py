@@ -3,7 +3,7 @@
 The kill tests (tests/test_faults_kills.py) send it argv lists as JSON lines on stdin; it
 answers ``{"pid": N}`` when the child starts and ``{"rc": N, "signal": S}`` when it ends.
 The test SIGKILLs the child at a random moment: a real process dying mid-run, without
-paying ~9 s of imports per run. The parent itself never runs TF ops (forking is safe then).
+paying ~9 s of imports per run. ``{"exec": code, "args": [...]}`` runs a Python snippet instead. The parent itself never runs TF ops (forking is safe then).
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ import beam_jobs.scoring.job  # noqa: E402,F401
 from brandlens.cli import main  # noqa: E402
 
 
-def _child(argv: list[str], log_path: str) -> int:
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+def _child(request: dict) -> int:
+    fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     try:
-        return int(main(argv) or 0)
+        if "exec" in request:  # a snippet of Python with ``args`` (the commit-step kills)
+            exec(request["exec"], {"args": request["args"], "__name__": "__fault__"})
+            return 0
+        return int(main(request["argv"]) or 0)
     except SystemExit as exc:
         return int(exc.code or 0)
     except BaseException:
@@ -41,7 +44,7 @@ def serve() -> None:
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            code = _child(request["argv"], request["log"])
+            code = _child(request)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)

@@ -34,7 +34,7 @@ from beam_jobs.common.accounting import DEAD_LETTERED, READ, WRITTEN, nest_count
 from beam_jobs.common.inference import inference_metrics
 from beam_jobs.common.inputs import with_inferred_base_uri
 from brandlens import __version__, commit, fileio
-from brandlens.backbones.artifact import read_fingerprint
+from brandlens.backbones.artifact import read_fingerprint, verify_weights
 from brandlens.errors import BrandlensError, ConfigError
 from schemas import layout
 from schemas.bottleneck import LABEL_VOCABULARY, SPLITS
@@ -177,6 +177,7 @@ def run(config: BottleneckConfig) -> dict:
     previous = prepare_output(config.output, config.overwrite)
     artifact_dir = str(config.backbone.materialize())
     fingerprint = read_fingerprint(artifact_dir)
+    verify_weights(artifact_dir, fingerprint)  # here, so a tampered artifact fails in one line, not in every worker
     cut_map_shape = _cut_map_shape(artifact_dir, config.cut)
     run_id = new_run_id(started_at)
     final, config = config, dataclasses.replace(config, output=f"{config.output}/{commit.staging_name(run_id)}")

@@ -36,7 +36,7 @@ from beam_jobs.common.inputs import (  # noqa: F401 (re-exported: one import for
 )
 from beam_jobs.common.records import DEAD_LETTER_TAG, MISSING_IMAGE, STAGE_FETCH, STAGE_READ, ImageRecord
 from brandlens.imaging import TOO_LARGE
-from schemas.dead_letter import BAD_ROW, UNREADABLE, DeadLetter
+from schemas.dead_letter import BAD_ROW, MISSING_FILE, UNREADABLE, DeadLetter
 
 LABEL_FIELD = "label"  # metadata key of a folder's label
 
@@ -325,6 +325,51 @@ def record_from_file(path: str, root: str | None) -> ImageRecord | None:
     return ImageRecord(uri=path, record_id=relative, metadata=metadata)
 
 
+def walk_folder(root: str) -> Iterator[ImageRecord | DeadLetter]:
+    """Every entry below a local folder: files as records, what cannot be read as one as a dead letter.
+
+    A dangling symlink (``missing_file``), a symlink loop and a folder named like an image
+    file (``x.jpg/``, ``unreadable``) are dead-lettered, not skipped; the files inside such a
+    folder are read. Hidden entries (a leading dot) are not part of an archive.
+    """
+    root = root.rstrip("/") or "/"
+
+    def letter(path: str, reason: str, message: str) -> DeadLetter:
+        return DeadLetter(uri=path, stage=STAGE_READ, reason=reason, message=message, record_id=os.path.relpath(path, root))
+
+    seen = {os.path.realpath(root)}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        for name in sorted(dirs):
+            path = os.path.join(folder, name)
+            if name.startswith("."):
+                dirs.remove(name)
+                continue
+            real = os.path.realpath(path)
+            if real in seen:
+                dirs.remove(name)
+                yield letter(path, UNREADABLE, "a symlink loop: this folder contains itself")
+                continue
+            seen.add(real)
+            if name.lower().rsplit(".", 1)[-1] in IMAGE_EXTENSIONS and "." in name:
+                yield letter(path, UNREADABLE, "a folder named like an image file")
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if name.startswith("."):
+                continue
+            try:
+                os.stat(path)
+            except FileNotFoundError:
+                yield letter(path, MISSING_FILE, f"a dangling symlink (to {os.readlink(path)})")
+                continue
+            except OSError as exc:
+                yield letter(path, UNREADABLE, f"cannot be read: {exc.strerror or exc}")
+                continue
+            record = record_from_file(path, root)
+            if record is not None:
+                yield record
+
+
 # --- Beam transforms ----------------------------------------------------------------------
 
 def _emit(items):
@@ -394,6 +439,12 @@ class ReadImageFiles(beam.PTransform):
 
     def expand(self, pbegin):
         root = self._root
+        if root is not None and "://" not in root:  # a local folder: every entry accounted for
+            return (pbegin
+                    | "Root" >> beam.Create([root])
+                    | "Walk" >> beam.FlatMap(walk_folder)
+                    | "Spread" >> beam.Reshuffle()
+                    | "Split" >> beam.FlatMap(lambda item: _emit([item])).with_outputs(DEAD_LETTER_TAG, main="records"))
         records = _matched_paths(pbegin, self._pattern) | "Records" >> beam.FlatMap(
             lambda path: [r for r in [record_from_file(path, root)] if r is not None])
         return {"records": records, DEAD_LETTER_TAG: pbegin | "NoDeadLetters" >> beam.Create([])}

@@ -196,11 +196,21 @@ def output_schema(config: ScoringConfig, card, carried):
     return schema.scores_schema(list(card.labels), [out for out, _ in carried], config.write_embedding, card.embedding_dim)
 
 
+def checked_card(export_dir: str):
+    """The export's model card, verified against its own SavedModel (``brandlens.model_check``)."""
+    from brandlens.model_check import verify_export
+
+    card = read_model_card(export_dir)
+    verify_export(export_dir, card.labels, card.neither_label, card.threshold, card.version_id,
+                  card.backbone.get("embedding_dim"))
+    return card
+
+
 def run(config: ScoringConfig) -> dict:
     """Score the posts; returns the summary (also at ``<output>/runs/<run key>/summary.json``)."""
     started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc)
     config.runner.check_reachable(input=config.input, model=config.model, output=config.out.output)
-    card = read_model_card(config.model)
+    card = checked_card(config.model)
     files = config.input_spec.check()
     check_manifest_columns(config)
     config = with_inferred_base_uri(config)
@@ -283,7 +293,7 @@ def rescore(config: RescoreConfig) -> dict:
     """Relabel stored embeddings with a new model's head; no CNN runs."""
     started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc)
     config.runner.check_reachable(embeddings=config.embeddings, model=config.model, output=config.out.output)
-    card = read_model_card(config.model)
+    card = checked_card(config.model)
     scored_at = config.out.scored_at or started_at
     examples = _bottleneck_pattern(config.embeddings)
     pipeline = beam.Pipeline(options=config.runner.pipeline_options())
