@@ -95,9 +95,12 @@ def _finish(manifest: str, journal: dict) -> dict:
     fs = _fs()
     for src, dst in journal.get("moves", []):
         _move(src, dst)
-    gone = [path for path in journal.get("delete", []) if fs.exists(path)]
-    if gone:
-        fs.delete(gone)
+    for path in journal.get("delete", []):
+        try:
+            fs.delete([path])
+        except Exception:
+            if fs.exists(path):  # not just deleted already (by an earlier try or a concurrent recovery)
+                raise
     record = {k: v for k, v in journal.items() if k not in _JOURNAL_KEYS}
     record["state"] = COMMITTED
     write_json_atomic(manifest, record)

@@ -16,6 +16,7 @@ one post has one row per run whatever the options.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -39,15 +40,21 @@ def manifest_path(output: str, run: str) -> str:
 
 def manifests(output: str) -> dict[str, dict]:
     """Committed manifests by run key; interrupted commits are finished first."""
+    found = {}
+    for path in glob_below(output.rstrip("/"), f"{RUNS}/*/{MANIFEST}"):
+        record = commit.recover(path)
+        if record is not None:
+            found[path.rsplit("/", 2)[-2]] = record
+    return found
+
+
+def glob_below(folder: str, pattern: str) -> list[str]:
+    """Files matching ``pattern`` below ``folder``, whose own name may hold glob characters (``archive[1]``)."""
+    if not fileio.is_remote(folder):
+        return sorted(glob.glob(os.path.join(glob.escape(folder), pattern)))
     from apache_beam.io.filesystems import FileSystems
 
-    found = {}
-    for match in FileSystems.match([f"{output.rstrip('/')}/{RUNS}/*/{MANIFEST}"]):
-        for meta in match.metadata_list:
-            record = commit.recover(meta.path)
-            if record is not None:
-                found[meta.path.rsplit("/", 2)[-2]] = record
-    return found
+    return sorted(m.path for r in FileSystems.match([f"{folder}/{pattern}"]) for m in r.metadata_list)
 
 
 def own_files(scores_dir: str) -> tuple[list[str], list[str]]:

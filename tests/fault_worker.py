@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import apache_beam  # noqa: E402,F401
 import tensorflow  # noqa: E402,F401
+import tensorflow_transform.beam  # noqa: E402,F401 (the bottleneck job's second pipeline)
 
 import beam_jobs.bottlenecks.job  # noqa: E402,F401
 import beam_jobs.scoring.job  # noqa: E402,F401

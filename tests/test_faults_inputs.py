@@ -11,7 +11,6 @@ import datetime as dt
 import decimal
 import io
 import json
-import os
 import tarfile
 import zipfile
 from pathlib import Path

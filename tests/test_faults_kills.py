@@ -122,6 +122,7 @@ def _check_scores(output: Path, post_ids: list[str]) -> str:
     return stamps.pop()
 
 
+@pytest.mark.slow
 def test_scoring_killed_at_random_moments(worker, posts, sample_model, tmp_path):
     manifest, post_ids = posts
     output = tmp_path / "archive"
@@ -189,6 +190,7 @@ def _check_bottlenecks(output: Path, expected: int) -> str:
     return summary["run_id"]
 
 
+@pytest.mark.slow
 def test_bottlenecks_killed_at_random_moments(worker, images, artifact_root, lite0_artifact, tmp_path):
     output = tmp_path / "bottlenecks"
     rng = random.Random(7)

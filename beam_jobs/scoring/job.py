@@ -15,7 +15,6 @@ import csv
 import dataclasses
 import datetime as dt
 import io
-import json
 import logging
 import time
 
@@ -33,7 +32,10 @@ from beam_jobs.scoring.parquet_sink import encode_arrow, kept_file_name, kept_ro
 from beam_jobs.scoring.pipeline import SCORED, build_pipeline, build_rescore_pipeline
 from brandlens import __version__, commit, fileio
 from brandlens.errors import ConfigError
-from brandlens.scores_archive import check_schema, input_identity, manifest_path, manifests, run_key_for, schema_fields
+from brandlens.imaging import TOO_LARGE
+from brandlens.scores_archive import (
+    check_schema, glob_below, input_identity, manifest_path, manifests, run_key_for, schema_fields,
+)
 from schemas import scores as schema
 from schemas.columns import portable_names
 from schemas.dead_letter import DeadLetter
@@ -134,15 +136,12 @@ def _stage(config, run: str):
 
 def _fetch_failures(staged, run: str) -> set[str]:
     """Post ids this run could not fetch an image for (dead letters of the fetch stage)."""
-    from apache_beam.io.filesystems import FileSystems
-
     ids = set()
-    for match in FileSystems.match([f"{staged.out.run_dir(run)}/dead_letters*.jsonl"]):
-        for meta in match.metadata_list:
-            for line in fileio.read_text(meta.path).splitlines():
-                letter = DeadLetter.from_json(line)
-                if letter.stage == STAGE_FETCH and letter.reason != "too_large":
-                    ids.add(letter.record_id)
+    for path in glob_below(staged.out.run_dir(run), "dead_letters*.jsonl"):
+        for line in fileio.read_text(path).splitlines():
+            letter = DeadLetter.from_json(line)
+            if letter.stage == STAGE_FETCH and letter.reason != TOO_LARGE:
+                ids.add(letter.record_id)
     return ids
 
 
@@ -154,8 +153,7 @@ def _commit(kind: str, config, staged, run: str, identity: dict, arrow, summary:
     if previous is not None:
         previous_files = [f"{scores_dir}/{name}" for name in previous.get("files", [])]
     else:  # an archive from before manifests: this run's part files by name
-        previous_files = [m.path for r in FileSystems.match([f"{scores_dir}/{schema.PARTITION}=*/part-{run}-*.parquet"])
-                          for m in r.metadata_list]
+        previous_files = glob_below(scores_dir, f"{schema.PARTITION}=*/part-{run}-*.parquet")
     failed = _fetch_failures(staged, run)
     kept = 0
     if failed and previous_files:
