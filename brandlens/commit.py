@@ -124,12 +124,13 @@ def recover(manifest: str) -> dict | None:
 
 
 def remove_stale_staging(folder: str, keep: str | None = None) -> None:
-    """Delete the staging folders (``_attempt-*``) left in ``folder`` by killed runs (all but ``keep``)."""
+    """Delete what killed runs left in ``folder``: staging folders (``_attempt-*``, all but ``keep``), manifest temp files."""
     prefix = folder.rstrip("/") + "/"
     if fileio.is_remote(folder):
         stale = {prefix + m.path[len(prefix):].split("/")[0]
-                 for r in _fs().match([prefix + "_attempt-*/**"]) for m in r.metadata_list if m.path.startswith(prefix)}
+                 for pattern in ("_attempt-*/**", "_*.tmp") for r in _fs().match([prefix + pattern])
+                 for m in r.metadata_list if m.path.startswith(prefix)}
     else:  # local folders can be empty (a run killed before it wrote a file), which no file match finds
-        stale = set(glob.glob(glob.escape(prefix) + "_attempt-*"))
+        stale = {path for pattern in ("_attempt-*", "_*.tmp") for path in glob.glob(glob.escape(prefix) + pattern)}
     for path in sorted(stale - {keep}):
         fileio.delete_tree(path)

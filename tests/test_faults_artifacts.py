@@ -145,6 +145,18 @@ def test_bad_legacy_files_are_refused_in_one_line(name, tensors, storages, messa
     kind(f".pth: {name}", "LegacyFileError, one line")
 
 
+def test_a_refused_pth_is_one_line_through_the_cli(tmp_path, capsys):
+    from brandlens.cli import main
+
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(_pth({"w": ("0", "FloatStorage", 0, (50_000_000,), (1,))}, {"0": (1, _floats(1))}))
+    rc = main(["backbone", "--backbone", "efficientnet_lite0", "--weights-file", str(bad), "--artifacts", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("brandlens: error:")]
+    assert rc == 2 and len(errors) == 1 and "reaches element" in errors[0] and "Traceback" not in err
+    kind("backbone: a refused .pth through 'brandlens backbone'", "one-line error")
+
+
 def test_garbage_pth_is_one_line():
     with pytest.raises(LegacyFileError) as info:
         load_legacy_state_dict(b"\x80\x02" + b"\xff" * 40)

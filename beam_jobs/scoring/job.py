@@ -28,7 +28,7 @@ from beam_jobs.common.records import STAGE_FETCH
 from beam_jobs.common.sources import manifest_rows, not_utf8, one_line
 from beam_jobs.scoring.config import NAMESPACE, RescoreConfig, ScoringConfig
 from beam_jobs.scoring.model import read_model_card
-from beam_jobs.scoring.parquet_sink import encode_arrow, kept_file_name, kept_rows
+from beam_jobs.scoring.parquet_sink import encode_arrow, kept_file_name, kept_rows, run_key
 from beam_jobs.scoring.pipeline import SCORED, build_pipeline, build_rescore_pipeline
 from brandlens import __version__, commit, fileio
 from brandlens.errors import ConfigError
@@ -145,15 +145,20 @@ def _fetch_failures(staged, run: str) -> set[str]:
     return ids
 
 
-def _commit(kind: str, config, staged, run: str, identity: dict, arrow, summary: dict) -> dict:
-    """Keep previous rows of posts that could not be fetched, then commit the staged run (one journaled step)."""
+def _commit(kind: str, config, staged, run: str, identity: dict, arrow, summary: dict, legacy_keys=()) -> dict:
+    """Keep previous rows of posts that could not be fetched, then commit the staged run (one journaled step).
+
+    ``legacy_keys``: what this run was called before run keys ignored options and spelling;
+    their files (archives from before manifests) are this run's previous files too.
+    """
     output, attempt = config.out.output, staged.out.output
     scores_dir = config.out.scores_dir
     previous = manifests(output).get(run)
     if previous is not None:
         previous_files = [f"{scores_dir}/{name}" for name in previous.get("files", [])]
     else:  # an archive from before manifests: this run's part files by name
-        previous_files = glob_below(scores_dir, f"{schema.PARTITION}=*/part-{run}-*.parquet")
+        previous_files = [path for key in (run, *legacy_keys)
+                          for path in glob_below(scores_dir, f"{schema.PARTITION}=*/part-{key}-*.parquet")]
     failed = _fetch_failures(staged, run)
     kept = 0
     if failed and previous_files:
@@ -229,7 +234,8 @@ def run(config: ScoringConfig) -> dict:
                        {"input": config.input, "input_identity": identity, "config": config.describe(),
                         "carried_columns": dict(carried),
                         "renamed_columns": {name: out for out, name in carried if out != name}})
-    _commit("score", config, staged, run_id, identity, arrow, summary)
+    legacy = [run_key(config.input, card.version_id, f"multi_crop={m}", f"embedding={e}") for m in range(5) for e in (False, True)]
+    _commit("score", config, staged, run_id, identity, arrow, summary, legacy)
     _log("score", run_id, summary)
     return summary
 
@@ -330,6 +336,6 @@ def rescore(config: RescoreConfig) -> dict:
     result.wait_until_finish()
     summary = _summary("rescore", config, card, run_id, scored_at, started, started_at, result,
                        {"embeddings": source, "input_identity": identity, "carried_columns": dict(carried)})
-    _commit("rescore", config, staged, run_id, identity, arrow, summary)
+    _commit("rescore", config, staged, run_id, identity, arrow, summary, [run_key("rescore", source, card.version_id)])
     _log("rescore", run_id, summary)
     return summary

@@ -31,7 +31,7 @@ def stable_hash(text: str) -> int:
 
 
 def run_key(*parts: str) -> str:
-    """A short id of what makes a run: the input(s) and the model version."""
+    """A short id of some strings (runs are keyed by ``brandlens.scores_archive.run_key_for``; this was the old key)."""
     return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:12]
 
 
