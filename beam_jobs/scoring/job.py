@@ -26,7 +26,7 @@ from beam_jobs.common.inference import inference_metrics
 from beam_jobs.common.inputs import FORMAT_MANIFEST, manifest_kind, with_inferred_base_uri
 from beam_jobs.common.records import STAGE_FETCH
 from beam_jobs.common.sources import manifest_rows, not_utf8, one_line
-from beam_jobs.scoring.config import NAMESPACE, RescoreConfig, ScoringConfig
+from beam_jobs.scoring.config import NAMESPACE, SCORES_DIR, RescoreConfig, ScoringConfig
 from beam_jobs.scoring.model import read_model_card
 from beam_jobs.scoring.parquet_sink import encode_arrow, kept_file_name, kept_rows, run_key
 from beam_jobs.scoring.pipeline import SCORED, build_pipeline, build_rescore_pipeline
@@ -34,7 +34,7 @@ from brandlens import __version__, commit, fileio
 from brandlens.errors import ConfigError
 from brandlens.imaging import TOO_LARGE
 from brandlens.scores_archive import (
-    check_schema, glob_below, input_identity, manifest_path, manifests, run_key_for, schema_fields,
+    check_schema, glob_below, input_identity, manifest_path, manifests, own_files, run_key_for, schema_fields,
 )
 from schemas import scores as schema
 from schemas.columns import portable_names
@@ -310,20 +310,25 @@ def rescore(config: RescoreConfig) -> dict:
         source = examples
     else:
         source = f"{config.embeddings.rstrip('/')}/**/*.parquet"
-        files = FileSystems.match([source])[0].metadata_list
+        files, skipped = own_files(config.embeddings)  # committed part files only
+        if not files and fileio.exists(f"{config.embeddings.rstrip('/')}/{SCORES_DIR}"):  # the job folder was given
+            files, skipped = own_files(f"{config.embeddings.rstrip('/')}/{SCORES_DIR}")
+        if skipped:
+            log.warning("rescore leaves out %d files under %s that are not its part files: %s", len(skipped),
+                        config.embeddings, ", ".join(skipped[:5]))
         if not files:
-            raise ConfigError(f"no stored embeddings at {config.embeddings}: neither bottleneck TFRecords nor Parquet files")
+            raise ConfigError(f"no stored embeddings at {config.embeddings}: neither bottleneck TFRecords nor scoring part files")
         import pyarrow.parquet as pq
 
-        with FileSystems.open(files[0].path) as f:
+        with FileSystems.open(files[0]) as f:
             names = pq.ParquetFile(f).schema_arrow.names
         if schema.EMBEDDING not in names:
-            raise ConfigError(f"{files[0].path} has no '{schema.EMBEDDING}' column: score with --write-embedding first")
+            raise ConfigError(f"{files[0]} has no '{schema.EMBEDDING}' column: score with --write-embedding first")
         fixed = {fl.name for fl in schema.FIXED_FIELDS} | {schema.EMBEDDING}
         carried = tuple((n, n) for n in names if n not in fixed and not n.startswith("score_"))
         uris = [schema.IMAGE_URI] + ([schema.RESOLVED_URI] if schema.RESOLVED_URI in names else [])
         columns = [schema.POST_ID, *uris, schema.CONTENT_HASH, schema.EMBEDDING] + [n for n, _ in carried]
-        embeddings = (pipeline | "ParquetPattern" >> beam.Create([source])
+        embeddings = (pipeline | "PartFiles" >> beam.Create(files)
                       | "ReadParquet" >> beam.io.ReadAllFromParquetBatched(columns=columns, with_filename=True)
                       | "Embeddings" >> beam.FlatMap(_parquet_batch))
     identity = input_identity(source)
