@@ -225,6 +225,28 @@ def test_bottlenecks_killed_at_random_moments(worker, images, artifact_root, lit
     assert landed >= KILLS // 2
 
 
+def test_a_failed_overwrite_keeps_the_complete_output(images, artifact_root, lite0_artifact, tmp_path):
+    """--overwrite replaces a bottleneck output only with a complete one: a run that fails keeps the old."""
+    from beam_jobs.bottlenecks.config import BottleneckConfig
+    from beam_jobs.bottlenecks.job import EmptyTrainingSplit, run
+    from brandlens.config import BackboneConfig
+
+    output = tmp_path / "bottlenecks"
+
+    def bottlenecks(manifest):
+        return run(BottleneckConfig(input=str(manifest), output=str(output), overwrite=True, cache=str(tmp_path / "cache"),
+                                    backbone=BackboneConfig("efficientnet_lite0", artifact_root)))
+
+    expected = sum(1 for _ in open(images)) - 1
+    first = bottlenecks(images)
+    broken = tmp_path / "gone.csv"
+    broken.write_text("uri,label,split\n" + "".join(f"{images.parent}/nope-{i}.jpg,acme,train\n" for i in range(3)))
+    with pytest.raises(EmptyTrainingSplit):
+        bottlenecks(broken)
+    assert _check_bottlenecks(output, expected) == first["run_id"]
+    assert not list(output.glob("_attempt-*"))
+
+
 # --- the commit step itself ---------------------------------------------------------------
 
 _COMMIT = """
