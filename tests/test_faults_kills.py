@@ -332,6 +332,27 @@ def test_outage_rerun_keeps_previous_rows_and_options_do_not_double(posts, sampl
     _check_scores(output, post_ids)
 
 
+def test_a_run_past_its_dead_letter_share_commits_nothing(posts, sample_model, tmp_path):
+    from beam_jobs.scoring.config import OutputConfig, ScoringConfig
+    from beam_jobs.scoring.job import RunRefused, run
+
+    manifest, post_ids = posts
+    rows = list(csv.DictReader(open(manifest)))
+    broken = tmp_path / "broken.csv"
+    with open(broken, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for k, row in enumerate(rows[:8]):
+            writer.writerow({**row, "image_uri": row["image_uri"] if k < 2 else str(tmp_path / f"gone-{k}.jpg")})
+    output = tmp_path / "archive"
+    with pytest.raises(RunRefused, match="6 of 8 posts dead-lettered"):
+        run(ScoringConfig(input=str(broken), model=str(sample_model), out=OutputConfig(str(output)), batch_size=8,
+                          max_dead_letter_share=0.5))
+    assert not list(output.glob("scores/**/*.parquet")) and not list(output.glob("runs/*/manifest.json"))
+    summary = run(ScoringConfig(input=str(broken), model=str(sample_model), out=OutputConfig(str(output)), batch_size=8))
+    assert summary["counts"]["scored"] == 2 and len(pq.read_table(str(output / "scores"), partitioning="hive")) == 2
+
+
 def test_one_schema_per_archive(posts, sample_model, tmp_path):
     from beam_jobs.scoring.config import OutputConfig, ScoringConfig
     from beam_jobs.scoring.job import run

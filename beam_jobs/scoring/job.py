@@ -31,7 +31,7 @@ from beam_jobs.scoring.model import read_model_card
 from beam_jobs.scoring.parquet_sink import encode_arrow, kept_file_name, kept_rows, run_key
 from beam_jobs.scoring.pipeline import SCORED, build_pipeline, build_rescore_pipeline
 from brandlens import __version__, commit, fileio
-from brandlens.errors import ConfigError
+from brandlens.errors import BrandlensError, ConfigError
 from brandlens.imaging import TOO_LARGE
 from brandlens.scores_archive import (
     check_schema, glob_below, input_identity, manifest_path, manifests, own_files, run_key_for, schema_fields,
@@ -43,6 +43,10 @@ from schemas.dead_letter import DeadLetter
 log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
+
+
+class RunRefused(BrandlensError):
+    """A run that finished but was not committed (too many dead letters)."""
 
 
 def manifest_columns(path: str) -> list[str]:
@@ -145,6 +149,18 @@ def _fetch_failures(staged, run: str) -> set[str]:
     return ids
 
 
+def _refuse_past_dead_letter_share(config, staged, run: str, summary: dict) -> None:
+    """With ``--max-dead-letter-share``, a run that lost more than that share of its posts commits nothing."""
+    limit = getattr(config, "max_dead_letter_share", None)
+    read, dead = summary["counts"][READ], total(summary["counts"][DEAD_LETTERED])
+    if limit is None or not read or dead / read <= limit:
+        return
+    summary["status"] = f"refused: {dead} of {read} posts dead-lettered, above --max-dead-letter-share {limit}"
+    write_json(f"{staged.out.run_dir(run)}/{SUMMARY}", summary)
+    raise RunRefused(f"{summary['status']}; nothing committed, the previous output stays "
+                     f"(this run's summary and dead letters: {staged.out.run_dir(run)})")
+
+
 def _commit(kind: str, config, staged, run: str, identity: dict, arrow, summary: dict, legacy_keys=()) -> dict:
     """Keep previous rows of posts that could not be fetched, then commit the staged run (one journaled step).
 
@@ -159,6 +175,7 @@ def _commit(kind: str, config, staged, run: str, identity: dict, arrow, summary:
     else:  # an archive from before manifests: this run's part files by name
         previous_files = [path for key in (run, *legacy_keys)
                           for path in glob_below(scores_dir, f"{schema.PARTITION}=*/part-{key}-*.parquet")]
+    _refuse_past_dead_letter_share(config, staged, run, summary)
     failed = _fetch_failures(staged, run)
     kept = 0
     if failed and previous_files:
