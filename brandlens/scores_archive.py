@@ -26,7 +26,8 @@ from brandlens.errors import ConfigError
 
 RUNS = "runs"
 MANIFEST = "manifest.json"
-PART_FILE = re.compile(r"^dt=\d{4}-\d{2}-\d{2}/part-(?P<run>[0-9a-f]{12})-(?:kept-)?\d{5}-of-\d{5}\.parquet$")
+# The job names runs by 12 hex digits; archives made by other tools in the job's layout use other run names.
+PART_FILE = re.compile(r"^dt=\d{4}-\d{2}-\d{2}/part-(?P<run>[0-9A-Za-z_]+?)-(?:kept-)?\d{5}-of-\d{5}\.parquet$")
 _GLOB = re.compile(r"[*?\[]")
 
 
