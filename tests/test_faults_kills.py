@@ -265,7 +265,7 @@ def test_commit_killed_at_random_moments(worker, tmp_path):
 
     rng = random.Random(5)
     root = tmp_path / "c"
-    tags, kills, landed, files = [], 12, 0, 150
+    tags, kills, landed, files, full = [], 12, 0, 300, 0.0
     for i in range(kills + 2):
         tag = f"t{i}"
         moves = []
@@ -274,8 +274,10 @@ def test_commit_killed_at_random_moments(worker, tmp_path):
             staged.parent.mkdir(parents=True, exist_ok=True)
             staged.write_text(tag)
             moves.append((str(staged), str(root / "out" / f"d{k % 3}" / f"part-{tag}-{k}.txt")))
-        rc, seconds = worker.run(None, kill_after=rng.uniform(0, 0.08) if 0 < i <= kills else None,
-                                 exec=_COMMIT, args=[str(root), tag, moves])
+        kill_after = rng.uniform(0, full) if 0 < i <= kills else None  # within what a whole commit took
+        rc, seconds = worker.run(None, kill_after=kill_after, exec=_COMMIT, args=[str(root), tag, moves])
+        if i == 0:
+            full = seconds
         landed += rc is None
         record = commit.recover(str(root / "manifest.json"))
         commit.remove_stale_staging(str(root))
