@@ -121,7 +121,7 @@ def rates(predictions_csv: Path, neither: str | None) -> dict:
     labels = [k.split(":", 1)[1] for k in rows[0] if k.startswith("score:")]
     scores = np.array([[float(r[f"score:{lab}"]) for lab in labels] for r in rows])
     y = np.array([labels.index(r["label"]) for r in rows])
-    out = {"ece": reliability(scores, y)["ece"]}
+    out = {"ece": reliability(scores, y, bins=15)["ece"]}  # 15 equal-width bins, as in accuracy.json
 
     def share(selected, test) -> float | None:
         chosen = [r for r in rows if selected(r)]

@@ -79,7 +79,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_query(args: argparse.Namespace) -> int:
     from brandlens.query import QueryConfig, query
 
-    print(query(QueryConfig.from_args(args)))
+    skipped: list = []
+    print(query(QueryConfig.from_args(args), skipped))
+    if skipped:
+        shown = ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+        print(f"note: left out {len(skipped)} files that are not this archive's committed part files: {shown}", file=sys.stderr)
     return 0
 
 

@@ -1,7 +1,11 @@
 """Query the scoring job's Parquet output with DuckDB: ready-made summaries or any SQL.
 
-The dataset is exposed as a view ``scores`` over every Parquet file under the
-output folder, with the Hive partition column ``dt`` added from the paths.
+The dataset is exposed as a view ``scores`` over the archive's own committed part
+files (``brandlens.scores_archive``: those its run manifests list), with the Hive
+partition column ``dt`` added from the paths. Anything else under the folder (foreign
+Parquet files, files of a commit in progress) is left out and named; an interrupted
+commit is finished first. Paths are passed as a file list, never as a glob, so a folder
+name with ``[1]`` or ``*`` in it is read as named.
 """
 
 from __future__ import annotations
@@ -54,21 +58,34 @@ class QueryConfig:
         return cls(args.scores, summaries, args.sql, args.top, args.output_format)
 
 
-def connect(scores: str):
-    """A DuckDB connection with the view ``scores`` over the Parquet dataset."""
+def connect(scores: str, skipped: list | None = None):
+    """A DuckDB connection with the view ``scores`` over the archive's own part files.
+
+    The files left out are appended to ``skipped`` when given (else logged).
+    """
+    import logging
+
     import duckdb
+
+    from brandlens.scores_archive import own_files
 
     root = scores.rstrip("/")
     if "://" not in root and not Path(root).is_dir():
         raise ConfigError(f"no scoring output at {scores}")
+    own, other = own_files(root)
+    if skipped is not None:
+        skipped.extend(other)
+    elif other:
+        logging.getLogger(__name__).warning("left out %d files that are not this archive's part files: %s",
+                                            len(other), ", ".join(other[:5]))
+    if not own:
+        raise ConfigError(f"no committed part files under {scores}" + (f" ({len(other)} other files skipped)" if other else ""))
     con = duckdb.connect()
     if "://" in root:
         con.execute("INSTALL httpfs; LOAD httpfs;")
-    pattern = f"{root}/**/*.parquet".replace("'", "''")
+    files = ", ".join("'" + path.replace("'", "''") + "'" for path in own)
     try:
-        con.execute(
-            f"CREATE VIEW scores AS SELECT * FROM read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)"
-        )
+        con.execute(f"CREATE VIEW scores AS SELECT * FROM read_parquet([{files}], hive_partitioning = true, union_by_name = true)")
     except duckdb.Error as exc:
         raise ConfigError(f"cannot read Parquet files under {scores}: {str(exc).splitlines()[0]}") from None
     return con
@@ -105,9 +122,9 @@ def format_rows(columns: list[str], rows: list[tuple], output_format: str) -> st
     return "\n".join(lines)
 
 
-def query(config: QueryConfig) -> str:
-    """Run the requested summaries and SQL; return the printable text."""
-    con = connect(config.scores)
+def query(config: QueryConfig, skipped: list | None = None) -> str:
+    """Run the requested summaries and SQL; return the printable text (files left out go to ``skipped``)."""
+    con = connect(config.scores, skipped)
     blocks = []
     for name in config.summaries:
         title, sql = SUMMARIES[name]

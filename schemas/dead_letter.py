@@ -1,7 +1,10 @@
 """Dead letters: every input record that could not be processed, with its reason.
 
 Jobs never drop a record silently: it reaches the output or a dead-letter row
-(JSON lines, one per record) and the run summary counts both.
+(JSON lines, one per record) and the run summary counts both. ``record_id``
+points back into the input (``posts.csv:301``: the line of a bad manifest row;
+after the scoring job has identified a post, its post id). Messages describe
+and never quote file contents (a manifest may name any readable file).
 """
 
 from __future__ import annotations

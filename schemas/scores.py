@@ -1,7 +1,8 @@
 """Arrow schema of the scoring job's Parquet output.
 
 Fixed columns first, then one ``score_<label>`` column per class, then the
-columns carried through unchanged from the posts manifest.
+columns carried through unchanged from the posts manifest (as text: typed Parquet
+columns converted as ``beam_jobs.common.sources.metadata_text`` documents).
 
 - ``image_uri``: the image's uri as the input gave it (relative if the manifest's was);
   ``resolved_uri``: where the job read it (absolute).
@@ -15,6 +16,12 @@ columns carried through unchanged from the posts manifest.
   closed world): sort by it to rank posts by how brand-like they are.
   ``brand_found`` is ``label != neither``; a row with ``brand_found`` false and
   ``brand_score`` above ``score_neither`` was demoted by the threshold.
+
+One schema per archive: every run in a ``scores/`` folder has the same columns
+(``brandlens.scores_archive.check_schema`` refuses another). One row per post per
+run, a run being a model version and an input (``brandlens.scores_archive``);
+``dt`` is the UTC date of ``posted_at``. Only files listed by a committed run
+manifest belong to the archive (``brandlens.commit``).
 """
 
 from __future__ import annotations

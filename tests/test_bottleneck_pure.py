@@ -200,8 +200,9 @@ def test_read_manifest_turns_rows_into_records_and_bad_rows_into_dead_letters():
     assert record == ImageRecord("/m/img/a.jpg", "list.csv:2", {"uri": "img/a.jpg", "label": "nike", "x1": "4"})
     assert isinstance(missing_uri, DeadLetter) and missing_uri.reason == "bad_row" and missing_uri.record_id == "list.csv:3"
     assert isinstance(extra_cell, DeadLetter) and extra_cell.reason == "bad_row" and "cells" in extra_cell.message
-    broken = list(read_manifest("/m/x.csv", io.BytesIO(b"uri,label\n\xff\xfe,nike\n"), "/m"))
-    assert isinstance(broken[-1], DeadLetter) and broken[-1].reason == "unreadable"
+    broken = list(read_manifest("/m/x.csv", io.BytesIO(b"uri,label\n\xff\xfe,nike\nok.jpg,nike\n"), "/m"))
+    assert [getattr(b, "reason", "record") for b in broken] == ["bad_row", "record"]  # the bad row alone
+    assert "line 2" in broken[0].message
 
 
 def test_record_from_row_carries_metadata_as_text():

@@ -5,6 +5,12 @@ dead letters and cache entries; only when its counters show training examples
 does the tensorflow-transform pipeline run (an empty train split would
 otherwise fail deep inside TFT). The summary reconciles
 ``read = written + dead_lettered + duplicates``.
+
+Both pipelines write into a staging folder inside the output (``_attempt-<run id>/``,
+which readers of ``examples/``, ``transformed/`` and ``transform/`` never list); only a
+finished run is committed over the old outputs, in one journaled step recorded in
+``_manifest.json`` (``brandlens.commit``). So ``--overwrite`` replaces the old outputs
+only once the new ones are complete, and a kill at any moment leaves one complete run.
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ from beam_jobs.bottlenecks import transform_reuse
 from beam_jobs.common.accounting import DEAD_LETTERED, READ, WRITTEN, nest_counts, query_counters, reconcile, total, write_json
 from beam_jobs.common.inference import inference_metrics
 from beam_jobs.common.inputs import with_inferred_base_uri
-from brandlens import __version__, fileio
-from brandlens.backbones.artifact import read_fingerprint
+from brandlens import __version__, commit, fileio
+from brandlens.backbones.artifact import read_fingerprint, verify_weights
 from brandlens.errors import BrandlensError, ConfigError
 from schemas import layout
 from schemas.bottleneck import LABEL_VOCABULARY, SPLITS
@@ -59,14 +65,30 @@ def _existing_outputs(output: str) -> list[str]:
     return found
 
 
-def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuse to mix two runs' shards in one folder; with ``overwrite``, delete the old run's outputs."""
+MANIFEST = "_manifest.json"  # the commit record of the run the folder holds
+
+
+def prepare_output(output: str, overwrite: bool) -> list[str]:
+    """Finish an interrupted commit, remove killed runs' staging, and refuse to replace a run without ``overwrite``.
+
+    Returns the existing outputs (replaced only when the new run commits).
+    """
+    commit.recover(f"{output}/{MANIFEST}")
+    commit.remove_stale_staging(output)
     existing = _existing_outputs(output)
     if existing and not overwrite:
         raise ConfigError(f"{output} already holds the outputs of a run ({', '.join(existing)}); "
                           "pass --overwrite to replace them or choose another --output")
-    for path in existing:
-        fileio.delete_tree(path)
+    return existing
+
+
+def commit_output(output: str, staging: str, run_id: str, status: str) -> None:
+    """Move a staged run's files over the old outputs, in one journaled step."""
+    moves = [(path, output + path[len(staging):]) for path in fileio.list_files(staging)]
+    old = [path for entry in _existing_outputs(output) for path in (fileio.list_files(entry) or [entry])]
+    commit.commit(f"{output}/{MANIFEST}", moves, old, {"job": JOB, "run_id": run_id, "status": status,
+                                                       "files": sorted(dst[len(output) + 1:] for _, dst in moves)},
+                  cleanup=(staging,))
 
 
 def _delete_quietly(path: str) -> None:
@@ -154,15 +176,17 @@ def run(config: BottleneckConfig) -> dict:
                                   artifacts=str(config.backbone.artifact_root))
     files = config.input_spec.check()
     config = with_inferred_base_uri(config)
-    prepare_output(config.output, config.overwrite)
+    previous = prepare_output(config.output, config.overwrite)
     artifact_dir = str(config.backbone.materialize())
     fingerprint = read_fingerprint(artifact_dir)
+    verify_weights(artifact_dir, fingerprint)  # here, so a tampered artifact fails in one line, not in every worker
     cut_map_shape = _cut_map_shape(artifact_dir, config.cut)
     run_id = new_run_id(started_at)
+    final, config = config, dataclasses.replace(config, output=f"{config.output}/{commit.staging_name(run_id)}")
     with FileSystems.create(f"{config.output}/{layout.BACKBONE}") as f:
         f.write(fingerprint.to_json().encode())
     log.info("bottlenecks %s: %s (%s, %d files matched) -> %s with %s; cache %s", run_id, config.input,
-             config.input_spec.resolved_format, files, config.output, fingerprint.version,
+             config.input_spec.resolved_format, files, final.output, fingerprint.version,
              config.cache if config.use_cache else "off")
 
     counters, inference = _run_embedding(config, artifact_dir, fingerprint, run_id)
@@ -174,8 +198,8 @@ def run(config: BottleneckConfig) -> dict:
         "run_id": run_id,
         "brandlens_version": __version__,
         "started_at": started_at.isoformat(timespec="seconds"),
-        "config": config.describe(),
-        "output": config.output,
+        "config": final.describe(),
+        "output": final.output,
         "backbone": {**dataclasses.asdict(fingerprint), "version": fingerprint.version, "artifact": artifact_dir},
         **({"cut_map_shape": cut_map_shape} if cut_map_shape else {}),
         "counts": counts,
@@ -191,7 +215,8 @@ def run(config: BottleneckConfig) -> dict:
             raise EmptyTrainingSplit(
                 f"no training examples: {counts[READ]} records read, {total(counts[DEAD_LETTERED])} dead-lettered "
                 f"({', '.join(f'{k}: {v}' for k, v in counts[DEAD_LETTERED].items()) or 'none'}), "
-                f"{total(counts[WRITTEN])} written to other splits; see {config.output}/{layout.DEAD_LETTERS}/")
+                f"{total(counts[WRITTEN])} written to other splits; see {final.output}/{layout.DEAD_LETTERS}/")
+        # config.output is this run's staging folder: a reused TFT output is restored there and committed with it
         key = transform_reuse.transform_key(config.output, fingerprint.version, config.num_shards) if config.use_cache else None
         stored = key and transform_reuse.find(config.cache, key)
         if stored:  # the same examples, backbone and transform code: reuse, do not analyse again
@@ -220,6 +245,11 @@ def run(config: BottleneckConfig) -> dict:
             "cnn_embeddings_per_second": round(counts["cnn_embeddings"] / embedding_seconds, 2),
         }
         write_json(f"{config.output}/{layout.SUMMARY}", summary)
+        if summary["status"] == "ok" or not previous:  # a failed run never replaces a complete one
+            commit_output(final.output, config.output, run_id, summary["status"])
+        else:
+            log.error("run %s failed; the previous outputs in %s are kept (this run's files: %s)", run_id, final.output,
+                      config.output)
     log.info("bottlenecks %s done in %.0f s: read %d, written %s, dead-lettered %s, duplicates %d, CNN images %d, "
              "cache hits %d; counts %s", run_id, summary["seconds"]["total"], counts[READ], counts[WRITTEN],
              counts[DEAD_LETTERED], counts["duplicates"], counts[CNN_IMAGES], counts[CACHE_HITS],

@@ -8,19 +8,26 @@ old ones, so concurrent or crashed runs cannot damage the cache. Readers join
 it by content hash (a CoGroupByKey scales where a side-input dict would not).
 Stale entries are harmless: another backbone has another folder, another
 variant another key. Entries whose backbone field disagrees with their folder
-are ignored and counted.
+are ignored and counted. A damaged file (truncated, bad CRC, not GZIP) is named
+in a warning, counted (``cache_damaged_files``) and ignored from the damage on:
+its images are embedded again and land in this run's new files.
 """
 
 from __future__ import annotations
+
+import logging
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import ReadAllFromTFRecord, _TFRecordSink
+from apache_beam.io.tfrecordio import _TFRecordSink, _TFRecordUtil
 
 from beam_jobs.common.accounting import Counters
+
+log = logging.getLogger(__name__)
+DAMAGED_FILES = "cache_damaged_files"
 
 SUFFIX = ".tfrecord.gz"
 _HASH, _VARIANT, _BACKBONE, _EMBEDDING, _CUT_MAP = "content_hash", "variant", "backbone", "embedding", "cut_map"
@@ -66,6 +73,35 @@ def _parts(value) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
 
+def file_entries(path: str):
+    """The records of one cache file, CRC-checked; raises where the file is damaged (after the good ones)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.GZIP) as f:
+        while True:
+            record = _TFRecordUtil.read_record(f)
+            if record is None:
+                return
+            yield record
+
+
+class _ReadCacheFile(beam.DoFn):
+    def __init__(self, backbone: str, counters: Counters):
+        self._backbone, self._counters = backbone, counters
+
+    def process(self, path: str):
+        try:
+            for data in file_entries(path):
+                content_hash, variant, entry_backbone, embedding = decode_entry(data)
+                if entry_backbone != self._backbone:
+                    self._counters.inc("cache_foreign_entries")
+                    continue
+                yield content_hash, (variant, embedding)
+        except Exception as exc:  # truncated GZIP, bad CRC, not an Example: ignore the rest, embed again
+            self._counters.inc(DAMAGED_FILES)
+            message = (str(exc).splitlines() or [""])[0][:200]
+            log.warning("embedding cache file %s is damaged (%s: %s): ignored from there on; its images are embedded again",
+                        path, type(exc).__name__, message)
+
+
 class ReadEmbeddingCache(beam.PTransform):
     """All entries of one backbone -> ``(content_hash, (variant, embedding))``; an empty cache is fine."""
 
@@ -74,22 +110,13 @@ class ReadEmbeddingCache(beam.PTransform):
         self._folder, self._backbone, self._counters = folder, backbone_version, Counters(namespace)
 
     def expand(self, pbegin):
-        backbone, counters = self._backbone, self._counters
-
-        def entries(data: bytes):
-            content_hash, variant, entry_backbone, embedding = decode_entry(data)
-            if entry_backbone != backbone:
-                counters.inc("cache_foreign_entries")
-                return
-            yield content_hash, (variant, embedding)
-
         return (
             pbegin
             | "Pattern" >> beam.Create([FileSystems.join(self._folder, "*" + SUFFIX)])
             | "Match" >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
             | "Paths" >> beam.Map(lambda metadata: metadata.path)
-            | "Read" >> ReadAllFromTFRecord(compression_type=CompressionTypes.GZIP)
-            | "Decode" >> beam.FlatMap(entries)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(_ReadCacheFile(self._backbone, self._counters))
         )
 
 

@@ -16,7 +16,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.common.records import DEAD_LETTER_TAG, STAGE_DECODE, STAGE_FETCH, ImageRecord
-from brandlens.imaging import DEFAULT_MAX_PIXELS, TOO_LARGE, ImageDecodeError, decode_image
+from brandlens.imaging import DEFAULT_MAX_PIXELS, NOT_AN_IMAGE, TOO_LARGE, ImageDecodeError, decode_image
 from beam_jobs.common.defaults import DEFAULT_MAX_BYTES
 from schemas.dead_letter import MISSING_FILE, UNREADABLE
 
@@ -79,15 +79,39 @@ def prepare_image(rgb: np.ndarray, size: int, crop_fraction: float, resize_mode:
     return fn(rgb).numpy()
 
 
+_SIGNATURES = ((b"PK\x03\x04", "a ZIP archive"), (b"%PDF", "a PDF document"), (b"\x1f\x8b", "GZIP data"),
+               (b"\x7fELF", "an ELF executable"), (b"<?xml", "XML text"), (b"<svg", "SVG text"),
+               (b"<!DOCTYPE html", "HTML text"), (b"<html", "HTML text"), (b"PAR1", "a Parquet file"))
+
+
+def describe_bytes(data: bytes) -> str:
+    """What kind of file some bytes are, without quoting them (a manifest may name any readable file)."""
+    head = data[:64].lstrip()
+    for signature, kind in _SIGNATURES:
+        if head[: len(signature)].lower() == signature.lower():
+            return kind
+    try:
+        text = data[:4096].decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data"
+    if head[:1] in (b"{", b"["):
+        return "JSON-like text"
+    return "text" if all(c.isprintable() or c in "\r\n\t" for c in text) else "binary data"
+
+
 def decode(record: ImageRecord, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None):
     """HxWx3 uint8 RGB pixels of a fetched record, or a DeadLetter with the decoder's reason.
 
     ``min_side``: JPEGs may decode at a reduced scale down to this shorter side (see decode_image).
+    A file that is no image is described by its kind, never quoted: dead letters travel further than the file.
     """
     try:
         return decode_image(record.data, max_pixels=max_pixels, min_side=min_side)
     except ImageDecodeError as exc:
-        return record.dead_letter(STAGE_DECODE, exc.reason, exc.message)
+        message = exc.message
+        if exc.reason == NOT_AN_IMAGE:
+            message = f"{len(record.data)} bytes of {describe_bytes(record.data)}, not an image"
+        return record.dead_letter(STAGE_DECODE, exc.reason, message)
 
 
 class _FetchDoFn(beam.DoFn):

@@ -12,11 +12,15 @@ work alike. The parsing functions are plain Python, tested without Beam.
 
 from __future__ import annotations
 
+import base64
 import csv
+import datetime as dt
+import decimal
 import io
 import json
 import os
 import posixpath
+import re
 import tarfile
 import zlib
 from typing import Iterator
@@ -32,13 +36,17 @@ from beam_jobs.common.inputs import (  # noqa: F401 (re-exported: one import for
 )
 from beam_jobs.common.records import DEAD_LETTER_TAG, MISSING_IMAGE, STAGE_FETCH, STAGE_READ, ImageRecord
 from brandlens.imaging import TOO_LARGE
-from schemas.dead_letter import BAD_ROW, UNREADABLE, DeadLetter
+from schemas.dead_letter import BAD_ROW, MISSING_FILE, UNREADABLE, DeadLetter
 
 LABEL_FIELD = "label"  # metadata key of a folder's label
 
 
 class BadRow(ValueError):
     """A manifest row or WebDataset sample that cannot be turned into a record."""
+
+
+class BadManifest(ValueError):
+    """A manifest whose header cannot be read: none of its rows can be."""
 
 
 # --- pure helpers -------------------------------------------------------------------------
@@ -61,14 +69,31 @@ def resolve_uri(uri: str, base: str | None) -> str:
 
 
 def metadata_text(value) -> str | None:
-    """A metadata value as the string a CSV would hold; nested JSON stays JSON; null stays None."""
+    """A metadata value as the string a CSV would hold (the documented conversion of typed columns).
+
+    Strings stay; null stays None; booleans ``true``/``false``; numbers as Python writes them;
+    timestamps ISO 8601 (zone-aware ones in UTC with ``+00:00``, naive ones as given); dates
+    ``YYYY-MM-DD``; binary as base64; decimals exact; lists and structs as JSON of the same.
+    """
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value) if isinstance(value, float) else str(value)
-    return json.dumps(value, sort_keys=True)
+    if isinstance(value, (dt.datetime, dt.date, dt.time, dt.timedelta, bytes, bytearray, decimal.Decimal)):
+        return _scalar_text(value)
+    return json.dumps(value, sort_keys=True, default=_scalar_text)
+
+
+def _scalar_text(value) -> str:
+    if isinstance(value, dt.datetime):
+        return (value.astimezone(dt.timezone.utc) if value.tzinfo else value).isoformat()
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return str(value)
 
 
 def record_from_row(row: dict, record_id: str, base: str | None, uri_column: str = "uri") -> ImageRecord:
@@ -82,26 +107,85 @@ def record_from_row(row: dict, record_id: str, base: str | None, uri_column: str
     return ImageRecord(uri=resolve_uri(uri.strip(), base), record_id=record_id, metadata=metadata)
 
 
+# csv's own limit (128 KiB) would end a file at one long caption; a row is still capped, at 16 MiB.
+MAX_FIELD_CHARS = 16 * 1024 * 1024
+
+
+def not_utf8(values) -> bool:
+    return any(isinstance(v, str) and _SURROGATES.search(v) for v in values)
+
+
+_SURROGATES = re.compile("[\udc80-\udcff]")
+
+
+def _csv_rows(f) -> Iterator[tuple[int, dict | BadRow]]:
+    """CSV rows; undecodable bytes (kept as surrogates) and csv errors spoil only their own row."""
+    if csv.field_size_limit() < MAX_FIELD_CHARS:
+        csv.field_size_limit(MAX_FIELD_CHARS)
+    text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    reader = csv.reader(text)
+    header, line = None, 0
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if header is None:
+                raise BadManifest(f"header unreadable: {exc}") from None
+            yield reader.line_num, BadRow(f"not a CSV row: {exc}")
+            continue
+        line = reader.line_num
+        if header is None:
+            if not_utf8(cells):
+                raise BadManifest("header is not UTF-8 text")
+            header = cells
+            continue
+        if not cells:
+            continue  # a blank line is no row
+        if not_utf8(cells):
+            yield line, BadRow("row is not UTF-8 text")
+            continue
+        row = dict(zip(header, cells))
+        if len(cells) > len(header):
+            row[None] = cells[len(header):]
+        elif len(cells) < len(header):
+            row.update((name, None) for name in header[len(cells):])
+        yield line, row
+
+
+def _jsonl_rows(f) -> Iterator[tuple[int, dict | BadRow]]:
+    for number, raw in enumerate(f, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, BadRow(f"line is not UTF-8 text (byte {exc.start + 1})")
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            yield number, BadRow(f"not JSON: {exc}")
+            continue
+        yield number, row if isinstance(row, dict) else BadRow(f"a JSON {type(row).__name__}, not an object")
+
+
 def manifest_rows(f, kind: str) -> Iterator[tuple[int, dict | BadRow]]:
     """(line or row number, row dict or BadRow) for each row of a manifest file object (binary).
 
     CSV and JSON lines give the line number in the file (the header is line 1);
-    Parquet gives the 1-based row number. Errors that end the file early raise.
+    Parquet gives the 1-based row number. A bad row (undecodable bytes, broken
+    quoting, bad JSON) is a BadRow of its own and reading goes on; only damage
+    that makes the rest of a file unreadable (a bad header, a damaged Parquet
+    footer or page) raises, after the rows before it.
     """
     if kind == "csv":
-        reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""))
-        for row in reader:
-            yield reader.line_num, row
+        yield from _csv_rows(f)
     elif kind == "jsonl":
-        for number, line in enumerate(io.TextIOWrapper(f, encoding="utf-8-sig"), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                yield number, BadRow(f"not JSON: {exc}")
-                continue
-            yield number, row if isinstance(row, dict) else BadRow(f"a JSON {type(row).__name__}, not an object")
+        yield from _jsonl_rows(f)
     elif kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -115,7 +199,7 @@ def manifest_rows(f, kind: str) -> Iterator[tuple[int, dict | BadRow]]:
 
 
 def read_manifest(path: str, f, base: str | None, uri_column: str = "uri") -> Iterator[ImageRecord | DeadLetter]:
-    """Records and dead letters of one manifest file; a file that breaks off ends in a dead letter."""
+    """Records and dead letters of one manifest file, row by row; a file that breaks off ends in a dead letter."""
     name = posixpath.basename(path)
     kind = manifest_kind(path) or "csv"
     number = 0
@@ -128,10 +212,19 @@ def read_manifest(path: str, f, base: str | None, uri_column: str = "uri") -> It
                 yield record_from_row(row, record_id, base, uri_column)
             except BadRow as exc:
                 uri = row.get(uri_column) if isinstance(row, dict) else None
-                yield DeadLetter(uri=str(uri or path), stage=STAGE_READ, reason=BAD_ROW, message=str(exc), record_id=record_id)
-    except Exception as exc:  # undecodable text, damaged Parquet: the rest of the file is lost
+                yield DeadLetter(uri=str(uri or path), stage=STAGE_READ, reason=BAD_ROW,
+                                 message=f"line {number}: {exc}" if kind != "parquet" else f"row {number}: {exc}",
+                                 record_id=record_id)
+    except Exception as exc:  # a bad header, a damaged Parquet file: the rest of the file is unreadable
         yield DeadLetter(uri=path, stage=STAGE_READ, reason=UNREADABLE,
-                         message=f"manifest unreadable after row/line {number}: {type(exc).__name__}: {exc}", record_id=name)
+                         message=f"manifest unreadable after row/line {number}: {type(exc).__name__}: {one_line(exc)}",
+                         record_id=name)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (the first)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -232,6 +325,51 @@ def record_from_file(path: str, root: str | None) -> ImageRecord | None:
     return ImageRecord(uri=path, record_id=relative, metadata=metadata)
 
 
+def walk_folder(root: str) -> Iterator[ImageRecord | DeadLetter]:
+    """Every entry below a local folder: files as records, what cannot be read as one as a dead letter.
+
+    A dangling symlink (``missing_file``), a symlink loop and a folder named like an image
+    file (``x.jpg/``, ``unreadable``) are dead-lettered, not skipped; the files inside such a
+    folder are read. Hidden entries (a leading dot) are not part of an archive.
+    """
+    root = root.rstrip("/") or "/"
+
+    def letter(path: str, reason: str, message: str) -> DeadLetter:
+        return DeadLetter(uri=path, stage=STAGE_READ, reason=reason, message=message, record_id=os.path.relpath(path, root))
+
+    seen = {os.path.realpath(root)}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        for name in sorted(dirs):
+            path = os.path.join(folder, name)
+            if name.startswith("."):
+                dirs.remove(name)
+                continue
+            real = os.path.realpath(path)
+            if real in seen:
+                dirs.remove(name)
+                yield letter(path, UNREADABLE, "a symlink loop: this folder contains itself")
+                continue
+            seen.add(real)
+            if name.lower().rsplit(".", 1)[-1] in IMAGE_EXTENSIONS and "." in name:
+                yield letter(path, UNREADABLE, "a folder named like an image file")
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if name.startswith("."):
+                continue
+            try:
+                os.stat(path)
+            except FileNotFoundError:
+                yield letter(path, MISSING_FILE, f"a dangling symlink (to {os.readlink(path)})")
+                continue
+            except OSError as exc:
+                yield letter(path, UNREADABLE, f"cannot be read: {exc.strerror or exc}")
+                continue
+            record = record_from_file(path, root)
+            if record is not None:
+                yield record
+
+
 # --- Beam transforms ----------------------------------------------------------------------
 
 def _emit(items):
@@ -301,6 +439,12 @@ class ReadImageFiles(beam.PTransform):
 
     def expand(self, pbegin):
         root = self._root
+        if root is not None and "://" not in root:  # a local folder: every entry accounted for
+            return (pbegin
+                    | "Root" >> beam.Create([root])
+                    | "Walk" >> beam.FlatMap(walk_folder)
+                    | "Spread" >> beam.Reshuffle()
+                    | "Split" >> beam.FlatMap(lambda item: _emit([item])).with_outputs(DEAD_LETTER_TAG, main="records"))
         records = _matched_paths(pbegin, self._pattern) | "Records" >> beam.FlatMap(
             lambda path: [r for r in [record_from_file(path, root)] if r is not None])
         return {"records": records, DEAD_LETTER_TAG: pbegin | "NoDeadLetters" >> beam.Create([])}

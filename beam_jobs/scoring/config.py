@@ -83,9 +83,12 @@ class ScoringConfig:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL_S
+    max_dead_letter_share: float | None = None  # None: commit whatever share was dead-lettered
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
     def __post_init__(self):
+        if self.max_dead_letter_share is not None and not 0.0 <= self.max_dead_letter_share <= 1.0:
+            raise ConfigError(f"max dead-letter share must be in [0, 1], got {self.max_dead_letter_share}")
         object.__setattr__(self, "input", absolute(self.input))
         object.__setattr__(self, "model", absolute(self.model))
         object.__setattr__(self, "base_uri", absolute(self.base_uri))
@@ -127,6 +130,9 @@ class ScoringConfig:
         work.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are dead-lettered")
         work.add_argument("--progress-interval", type=float, default=DEFAULT_PROGRESS_INTERVAL_S,
                           help="seconds between progress lines per worker (default %(default)s)")
+        work.add_argument("--max-dead-letter-share", type=float, default=None, metavar="F",
+                          help="commit nothing (the previous output stays) when more than this share of the posts read "
+                               "is dead-lettered (default: no limit)")
         RunnerConfig.add_arguments(parser)
 
     @classmethod
@@ -136,6 +142,7 @@ class ScoringConfig:
             base_uri=args.base_uri, id_column=args.id_column, uri_column=args.uri_column, date_column=args.date_column,
             carry=args.carry, batch_size=args.batch_size, multi_crop=args.multi_crop, write_embedding=args.write_embedding,
             max_bytes=args.max_bytes, max_pixels=args.max_pixels, progress_interval=args.progress_interval,
+            max_dead_letter_share=args.max_dead_letter_share,
             runner=RunnerConfig.from_args(args),
         )
 
@@ -145,6 +152,7 @@ class ScoringConfig:
             "id_column": self.id_column, "uri_column": self.uri_column, "date_column": self.date_column,
             "carry": list(self.carry) if self.carry is not None else None, "batch_size": self.batch_size,
             "multi_crop": self.multi_crop, "write_embedding": self.write_embedding, "rows_per_file": self.out.rows_per_file,
+            "max_dead_letter_share": self.max_dead_letter_share,
             "runner": self.runner.runner,
         }
 

@@ -1,10 +1,12 @@
 """An idempotent, Hive-partitioned Parquet sink for scored posts.
 
 Rows land in ``<output>/dt=<YYYY-MM-DD>/part-<run_key>-<shard>-of-<n>.parquet``.
-``run_key`` identifies (input, model): a rerun of the same input with the same
-model rewrites the same files (and removes any of its own files it no longer
-writes), so it never duplicates rows; another input or model adds files beside
-them. A partition's rows are spread over ``ceil(rows / rows_per_file)`` files by
+``run_key`` identifies (input, model) (``brandlens.scores_archive``): a rerun of the
+same input with the same model rewrites the same files (and removes any of its own
+files it no longer writes), so it never duplicates rows; another input or model adds
+files beside them. The scoring job points this sink at a staging folder and commits
+the files afterwards (``brandlens.commit``); a file being written is named
+``_part-....parquet.inprogress``, which no reader's glob takes. A partition's rows are spread over ``ceil(rows / rows_per_file)`` files by
 a stable hash of the post id, so files have a useful size for query engines and
 the same rows always land in the same file, sorted by post id.
 """
@@ -29,12 +31,39 @@ def stable_hash(text: str) -> int:
 
 
 def run_key(*parts: str) -> str:
-    """A short id of what makes a run: the input(s) and the model version."""
+    """A short id of some strings (runs are keyed by ``brandlens.scores_archive.run_key_for``; this was the old key)."""
     return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:12]
 
 
 def file_name(run: str, shard: int, shards: int) -> str:
     return f"part-{run}-{shard:05d}-of-{shards:05d}.parquet"
+
+
+def kept_file_name(run: str) -> str:
+    """The file of a partition's rows kept from the previous commit (posts whose image could not be fetched)."""
+    return f"part-{run}-kept-00000-of-00001.parquet"
+
+
+def kept_rows(files: list[str], post_ids: set[str], arrow_schema: pa.Schema) -> dict[str, pa.Table]:
+    """Rows of ``post_ids`` in a run's previously committed ``files``, by partition, in ``arrow_schema``.
+
+    Raises ValueError when the old rows lack a column of the new schema (then they cannot be kept).
+    """
+    import pyarrow.compute as pc
+
+    wanted = pa.array(sorted(post_ids), pa.string())
+    found: dict[str, list[pa.Table]] = {}
+    for path in files:
+        partition = next(p.split("=", 1)[1] for p in path.split("/") if p.startswith(f"{schema.PARTITION}="))
+        with FileSystems.open(path) as f:
+            table = pq.read_table(f)
+        table = table.filter(pc.is_in(table.column(schema.POST_ID), value_set=wanted))
+        if table.num_rows:
+            missing = [n for n in arrow_schema.names if n not in table.column_names]
+            if missing:
+                raise ValueError(f"previous rows in {path} lack columns {missing}")
+            found.setdefault(partition, []).append(table.select(arrow_schema.names).cast(arrow_schema))
+    return {partition: pa.concat_tables(tables).sort_by(schema.POST_ID) for partition, tables in found.items()}
 
 
 def _partition_path(output: str, partition: str) -> str:
@@ -73,13 +102,11 @@ class _WriteShard(beam.DoFn):
         (partition, shard, shards), rows = element
         folder = _partition_path(self._output, partition)
         final = FileSystems.join(folder, file_name(self._run, shard, shards))
-        temp = FileSystems.join(folder, f".tmp-{file_name(self._run, shard, shards)}")
+        temp = FileSystems.join(folder, f"_{file_name(self._run, shard, shards)}.inprogress")
         data = encode_arrow(list(rows), self._schema) if self._tables else encode_table(list(rows), self._schema)
         with FileSystems.create(temp) as f:
             f.write(data)
-        if FileSystems.exists(final):
-            FileSystems.delete([final])
-        FileSystems.rename([temp], [final])
+        FileSystems.rename([temp], [final])  # replaces an older file atomically
         beam.metrics.Metrics.counter("scoring", "parquet_files_written").inc()
         yield final
 

@@ -167,6 +167,7 @@ def build_pipeline(pipeline, config: ScoringConfig, card: ModelCard, carried: tu
     spec = config.input_spec
     read = pipeline | "ReadPosts" >> ReadImages(spec, config.max_bytes)
     records = read["records"] | "CountRead" >> CountAs(NAMESPACE, READ)
+    read_dead = read[DEAD_LETTER_TAG] | "CountReadDeadLetters" >> CountAs(NAMESPACE, READ)  # bad rows were read too
     identified = records | "IdentifyPosts" >> beam.ParDo(
         _Identify(config.id_column, config.date_column, spec.resolved_format, scored_at.date(), config.uri_column)
     ).with_outputs(DEAD_LETTER_TAG, main="posts")
@@ -196,7 +197,7 @@ def build_pipeline(pipeline, config: ScoringConfig, card: ModelCard, carried: tu
         | "WriteParquet" >> WriteScoresParquet(config.out.scores_dir, arrow, run, config.out.rows_per_file)
     )
     dead = (
-        (read[DEAD_LETTER_TAG], identified[DEAD_LETTER_TAG], unique[DEAD_LETTER_TAG], fetched[DEAD_LETTER_TAG],
+        (read_dead, identified[DEAD_LETTER_TAG], unique[DEAD_LETTER_TAG], fetched[DEAD_LETTER_TAG],
          prepared[DEAD_LETTER_TAG], score_dead)
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteDeadLetters" >> WriteDeadLetters(f"{config.out.run_dir(run)}/dead_letters", NAMESPACE)

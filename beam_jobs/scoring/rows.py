@@ -12,7 +12,7 @@ import numpy as np
 
 from schemas import scores as schema
 
-_DATE = re.compile(r"^\s*(\d{4}-\d{2}-\d{2})")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class BadPost(ValueError):
@@ -30,16 +30,24 @@ def post_id_of(uri: str, record_id: str, metadata: dict, id_column: str, fmt: st
 
 
 def partition_of(value: str | None, run_date: dt.date) -> str:
-    """``YYYY-MM-DD`` of a post's date column (ISO date or timestamp), or the run date when it has none."""
+    """``YYYY-MM-DD`` (UTC) of a post's date column, or the run date when it has none.
+
+    Strict: an ISO date, or an ISO timestamp and nothing after it (``2026-11-01garbage`` is a
+    bad post). A timestamp with a zone or offset is partitioned by its UTC date; one without
+    is taken to be UTC already. Parquet timestamp columns arrive as such ISO strings.
+    """
     if value in (None, ""):
         return run_date.isoformat()
-    match = _DATE.match(str(value))
-    if not match:
-        raise BadPost(f"date {value!r} is not an ISO date or timestamp")
+    text = str(value).strip()
     try:
-        return dt.date.fromisoformat(match.group(1)).isoformat()
+        if _DATE.fullmatch(text):
+            return dt.date.fromisoformat(text).isoformat()
+        stamp = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:
-        raise BadPost(f"date {value!r} is not a valid date") from None
+        raise BadPost(f"date {value!r} is not an ISO date or timestamp") from None
+    if not _DATE.match(text):  # fromisoformat also takes week dates and compact forms
+        raise BadPost(f"date {value!r} is not an ISO date or timestamp")
+    return (stamp.astimezone(dt.timezone.utc) if stamp.tzinfo else stamp).date().isoformat()
 
 
 def tile_boxes(height: int, width: int, grid: int) -> list[tuple[int, int, int, int]]:

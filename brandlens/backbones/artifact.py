@@ -5,6 +5,12 @@ SavedModel with preprocessing inside) and ``fingerprint.json``. Plain
 SavedModels load through ``tf.saved_model.load`` in Keras 2 and Keras 3
 processes alike (tensorflow-transform switches ``tf.keras`` to Keras 2), and
 workers load the artifact instead of rebuilding or downloading weights.
+
+``fingerprint.json`` also holds the sha256 of the SavedModel's variable files
+(``saved_weights_sha256``), checked whenever the artifact is loaded (once per
+artifact and machine, remembered in a stamp keyed by the files' sizes and times):
+an artifact re-saved with other weights under the same fingerprint is refused,
+so cache keys (the fingerprint's version) always mean the weights they name.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +32,8 @@ from brandlens import __version__, fileio
 from brandlens.backbones import ALL_BACKBONES, OFFLINE_BACKBONES
 from brandlens.errors import ArtifactError, ConfigError
 from brandlens.preprocess import DEFAULT_RESIZE_MODE, RESIZE_MODES, default_crop_fraction, prepare
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 FINGERPRINT_FILE = "fingerprint.json"
@@ -54,6 +63,7 @@ class BackboneFingerprint:
     format_version: int = FORMAT_VERSION
     created_by: str = f"brandlens {__version__}"
     resize_mode: str = DEFAULT_RESIZE_MODE  # brandlens.preprocess.RESIZE_MODES; absent in older fingerprints
+    saved_weights_sha256: str = ""  # of saved_model/variables/*; absent in older fingerprints
 
     @property
     def version(self) -> str:
@@ -82,6 +92,40 @@ def _sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def saved_weights_digest(saved_model: str | Path) -> str:
+    """sha256 over the names and bytes of a SavedModel's variable files."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(saved_model, "variables").glob("*")):
+        digest.update(path.name.encode() + b"\x00" + _sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def verify_weights(artifact_dir: str | Path, fingerprint: "BackboneFingerprint | None" = None) -> None:
+    """Refuse (ArtifactError) an artifact whose saved weights are not those its fingerprint names.
+
+    Hashing a few MB to a few hundred MB costs seconds, so a success is remembered per machine
+    in a stamp keyed by the artifact's location, the expected hash and the files' sizes and times.
+    """
+    path = Path(fileio.localize_dir(artifact_dir))
+    fingerprint = fingerprint or read_fingerprint(path)
+    expected = fingerprint.saved_weights_sha256
+    if not expected:
+        log.warning("%s: its fingerprint predates weight hashes; its weights are not verified (re-materialize it)", path)
+        return
+    files = sorted(Path(path, SAVED_MODEL_DIR, "variables").glob("*"))
+    key = hashlib.sha256("|".join([str(path.resolve()), expected] + [
+        f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]).encode()).hexdigest()[:24]
+    stamp = fileio.default_cache_root() / "verified-weights" / key
+    if stamp.is_file():
+        return
+    actual = saved_weights_digest(path / SAVED_MODEL_DIR)
+    if actual != expected:
+        raise ArtifactError(f"{path}: its saved weights (sha256 {actual[:12]}) are not the ones its {FINGERPRINT_FILE} "
+                            f"names ({expected[:12]}); re-materialize it with 'brandlens backbone' instead of editing it")
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.touch()
 
 
 def _build_module(name: str, weights_file: str | None):
@@ -158,6 +202,7 @@ def materialize(name: str, root: str | Path, weights_file: str | None = None, cr
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         tf.saved_model.save(module, str(staging / SAVED_MODEL_DIR), signatures={"serving_default": serve, "normalized": normalized})
+        fingerprint = dataclasses.replace(fingerprint, saved_weights_sha256=saved_weights_digest(staging / SAVED_MODEL_DIR))
         (staging / FINGERPRINT_FILE).write_text(fingerprint.to_json())
         try:
             os.rename(staging, target)
@@ -187,6 +232,7 @@ class Backbone:
 
         self.path = fileio.localize_dir(artifact_dir)
         self.fingerprint = read_fingerprint(self.path)
+        verify_weights(self.path, self.fingerprint)
         self._loaded = tf.saved_model.load(str(self.path / SAVED_MODEL_DIR))
         self._serve = self._loaded.signatures["serving_default"]
         self._normalized = self._loaded.signatures["normalized"]
