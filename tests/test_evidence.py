@@ -103,7 +103,7 @@ def test_score_row_writes_brands_and_box_that_the_schema_accepts():
                ev.OUT_REGION_SCORES: np.array([[0.99, 0.9, 0.1], [0.2, 0.3, 0.9]], np.float32),
                ev.OUT_BOXES: np.tile(np.array([[0.0, 0.0, 0.5, 0.5]], np.float32), (2, 3, 1))}
     rows = [score_row(f"p{i}", "u", "h", "2026-11-01", outputs, i, labels, "neither", "m", "b", AT, {}, False,
-                      {"acme": 0.95, "zenith": 0.95}) for i in range(2)]
+                      brand_thresholds={"acme": 0.95, "zenith": 0.95}) for i in range(2)]
     assert [b["label"] for b in rows[0][schema.BRANDS]] == ["zenith", "acme"] and rows[0][schema.BRAND_FOUND]
     assert rows[0][schema.BOX] == [0.0, 0.0, 0.5, 0.5]
     assert rows[1][schema.BRANDS] == [] and rows[1][schema.BOX] == [] and not rows[1][schema.BRAND_FOUND]
@@ -119,8 +119,9 @@ def test_share_of_voice_and_co_occurrence_count_every_brand_of_a_post(tmp_path):
     posts = {"a": ["acme"], "b": ["acme", "zenith"], "c": ["zenith", "acme"], "d": [], "e": ["zenith"]}
     rows = []
     for pid, found in posts.items():
-        rows.append({schema.POST_ID: pid, schema.IMAGE_URI: pid, schema.CONTENT_HASH: pid,
-                     schema.LABEL: found[0] if found else "neither", schema.CONFIDENCE: 0.9, schema.BRAND_FOUND: bool(found),
+        rows.append({schema.POST_ID: pid, schema.IMAGE_URI: pid, schema.RESOLVED_URI: pid, schema.CONTENT_HASH: pid,
+                     schema.LABEL: found[0] if found else "neither", schema.CONFIDENCE: 0.9, schema.BRAND_SCORE: 0.9,
+                     schema.BRAND_FOUND: bool(found),
                      schema.MODEL_VERSION: "m", schema.BACKBONE: "b", schema.SCORED_AT: AT,
                      schema.BRANDS: [{"label": b, "score": 0.9, "box": [], "area": None} for b in found], schema.BOX: [],
                      **{schema.score_column(lab): 0.3 for lab in labels}})
