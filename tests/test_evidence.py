@@ -125,9 +125,15 @@ def test_share_of_voice_and_co_occurrence_count_every_brand_of_a_post(tmp_path):
                      schema.MODEL_VERSION: "m", schema.BACKBONE: "b", schema.SCORED_AT: AT,
                      schema.BRANDS: [{"label": b, "score": 0.9, "box": [], "area": None} for b in found], schema.BOX: [],
                      **{schema.score_column(lab): 0.3 for lab in labels}})
-    (tmp_path / "dt=2026-11-01").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema.scores_schema(labels)), tmp_path / "dt=2026-11-01" / "part.parquet")
-    text = query(QueryConfig(str(tmp_path), ("share-of-voice", "co-occurrence"), None, 3, "json"))
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from beam_jobs.scoring.parquet_sink import WriteScoresParquet, run_key
+
+    with TestPipeline(runner="DirectRunner") as p:  # the real sink: queries read committed runs only
+        _ = p | beam.Create([dict(r, **{schema.PARTITION: "2026-11-01"}) for r in rows]) | WriteScoresParquet(
+            str(tmp_path / "scores"), schema.scores_schema(labels), run_key("x", "m"), 100)
+    text = query(QueryConfig(str(tmp_path / "scores"), ("share-of-voice", "co-occurrence"), None, 3, "json"))
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     voice = {r["brand"]: r for r in lines if "share_of_voice" in r}
     assert voice["acme"]["posts"] == 3 and voice["zenith"]["posts"] == 3
