@@ -52,7 +52,7 @@ def test_fingerprint_version_and_old_fingerprints():
     assert BackboneFingerprint.from_json(json.dumps(data)) == old
     squash = BackboneFingerprint(**{**fields, "crop_fraction": 1.0}, resize_mode="squash")
     assert squash.version == "efficientnet_lite2@9656183eaeaf-c1-squash"
-    assert squash.directory_name == "efficientnet_lite2-9656183eaeaf-c1-squash"
+    assert squash.directory_name == "efficientnet_lite2-9656183eaeaf-c1-squash-f2"
     assert BackboneFingerprint.from_json(squash.to_json()) == squash
 
 

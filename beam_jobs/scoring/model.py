@@ -32,6 +32,7 @@ class ModelCard:
     neither_label: str | None
     threshold: float | None
     backbone: dict
+    brand_thresholds: dict | None = None  # label -> min score to report a brand beside the label (brandlens.evidence)
 
     @property
     def backbone_version(self) -> str:
@@ -69,7 +70,8 @@ def read_model_card(export_dir: str) -> ModelCard:
     missing = [k for k in ("version_id", "labels", "backbone") if k not in card]
     if missing:
         raise ArtifactError(f"{path} lacks {missing}")
-    return ModelCard(card["version_id"], tuple(card["labels"]), card.get("neither_label"), card.get("threshold"), card["backbone"])
+    return ModelCard(card["version_id"], tuple(card["labels"]), card.get("neither_label"), card.get("threshold"), card["backbone"],
+                     card.get("brand_thresholds"))
 
 
 class ScoringModel:
