@@ -47,9 +47,12 @@ def write_synthetic_archive(root: Path, rows: int, days: int = 30, image_uris: l
 
     rng = np.random.default_rng(seed)
     base = scores_schema(list(LABELS), list(CARRIED))
-    schema = base.insert(base.get_field_index("score_neither") + 1, pa.field("box", BOX_TYPE)) if localisation else base
-    if localisation:
-        schema = schema.insert(schema.get_field_index("box") + 1, pa.field("brands", BRANDS_TYPE))
+    if "box" in base.names:  # the product's schema has the localisation columns: drop them for an archive without
+        schema = base if localisation else base.remove(base.get_field_index("box")).remove(base.get_field_index("brands"))
+    else:
+        schema = base.insert(base.get_field_index("score_neither") + 1, pa.field("box", BOX_TYPE)) if localisation else base
+        if localisation:
+            schema = schema.insert(schema.get_field_index("box") + 1, pa.field("brands", BRANDS_TYPE))
     scores_dir = root / "scores"
     per_day = -(-rows // days)
     for d in range(days):
@@ -82,7 +85,7 @@ def write_synthetic_archive(root: Path, rows: int, days: int = 30, image_uris: l
                 entries = [{"label": LABELS[j], "score": s, "box": [*corners[k, j], *(corners[k, j] + sizes[k, j])],
                             "area": float(sizes[k, j].prod())} for j, s in sorted(found, key=lambda f: -f[1])]
                 brands.append(entries)
-                top.append(entries[0]["box"] if entries else None)
+                top.append(entries[0]["box"] if entries else [])
             columns["box"], columns["brands"] = top, brands
         table = pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
         folder = scores_dir / f"dt={day.isoformat()}"

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from brandlens.errors import ConfigError
 
+# One row per (post, brand) of the multi-label ``brands`` column (schemas/scores.py).
+_MENTIONS = "WITH m AS (SELECT DISTINCT post_id, b.label AS brand FROM (SELECT post_id, unnest(brands) AS b FROM scores)) "
+
 SUMMARIES = {
     "labels-per-day": (
         "Posts per label per day",
@@ -32,6 +35,18 @@ SUMMARIES = {
         "SELECT count(*) AS posts, sum(CASE WHEN brand_found THEN 1 ELSE 0 END) AS posts_with_brand,"
         " round(avg(CASE WHEN brand_found THEN 1.0 ELSE 0.0 END), 4) AS share FROM scores",
     ),
+    "share-of-voice": (
+        "Posts per brand, every brand in a post counted (share of all brand mentions; alone or with other brands)",
+        _MENTIONS + "SELECT brand, count(*) AS posts, round(count(*) / (SELECT count(*) FROM m), 4) AS share_of_voice,"
+        " sum(CASE WHEN n = 1 THEN 1 ELSE 0 END) AS alone, sum(CASE WHEN n > 1 THEN 1 ELSE 0 END) AS with_others"
+        " FROM m JOIN (SELECT post_id, count(*) AS n FROM m GROUP BY post_id) USING (post_id)"
+        " GROUP BY brand ORDER BY posts DESC, brand",
+    ),
+    "co-occurrence": (
+        "Brands reported together in the same post",
+        _MENTIONS + "SELECT a.brand, b.brand AS with_brand, count(*) AS posts FROM m a JOIN m b"
+        " ON a.post_id = b.post_id AND a.brand < b.brand GROUP BY a.brand, b.brand ORDER BY posts DESC, a.brand, with_brand",
+    ),
 }
 
 
@@ -47,7 +62,7 @@ class QueryConfig:
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--scores", required=True, help="the scoring job's Parquet output folder")
         parser.add_argument("--summary", action="append", choices=sorted(SUMMARIES), default=None,
-                            help="a ready-made summary (repeatable; default: all three)")
+                            help="a ready-made summary (repeatable; default: all)")
         parser.add_argument("--sql", default=None, help="any SQL over the view 'scores' (then no summaries unless asked)")
         parser.add_argument("--top", type=int, default=3, help="posts per brand in top-per-brand (default %(default)s)")
         parser.add_argument("--format", dest="output_format", choices=("table", "csv", "json"), default="table")

@@ -10,7 +10,11 @@ An export directory holds:
     decoded and prepared images (:func:`brandlens.preprocess.crop_and_resize`);
     the scoring job uses it after its own decoding, which handles more formats,
     EXIF orientation and bad input.
-  Both return ``OUTPUTS``.
+  Both return ``OUTPUTS`` plus ``EVIDENCE_OUTPUTS`` (where each class's evidence
+  is, :mod:`brandlens.evidence`) when the embedding is the mean of the backbone's
+  final map (EfficientNet-Lite, Inception v3; not VGG16, whose embedding is fc2).
+  Boxes and points are normalised to the model's square input;
+  :func:`brandlens.evidence.input_box_to_image` maps them to the photo.
   One undecodable image (corrupt, truncated, not an image) fails the whole
   ``serving_default`` call with an InvalidArgumentError, in-process and in TF
   Serving alike: a batch returns all rows or none. To score the rest of a
@@ -25,13 +29,15 @@ An export directory holds:
   photos the embeddings differ by at most 0.136 (values average 0.156; lowest
   cosine similarity 0.9987; bench/RESULTS-performance.md, 2026-12-02). The jobs also run the backbone on
   ``brandlens.engines``' default engine (TFLite, embeddings within ~1e-5), not on
-  this SavedModel.
+  this SavedModel, where the export is backbone + ``head/`` without evidence outputs
+  (otherwise on this SavedModel; ``beam_jobs.scoring.model.ScoringModel``).
 - ``tf_serving/<version>/``: the same serving SavedModel in TF Serving's
   layout (``--model_base_path=<export>/tf_serving``; the version is the export's
   UTC creation time, YYYYMMDDhhmmss), with ``assets.extra/model_card.json``;
   ``python -m trainer.serving_layout EXPORT BASE`` publishes it to a shared base path.
 - ``head/``: SavedModel ``serving_default(embedding: float32[N, D])`` returning
   ``OUTPUTS`` from a raw (untransformed) embedding: rescoring without the CNN.
+  A pooled embedding has no locations left, so the head makes no evidence outputs.
 - ``model_card.json``: ``MODEL_CARD_FIELDS`` below.
 """
 
@@ -53,6 +59,13 @@ OUT_LABEL = "label"            # string [N], after the threshold rule
 OUT_CONFIDENCE = "confidence"  # float32 [N], the score of the chosen label
 OUT_EMBEDDING = "embedding"    # float32 [N, D], the raw backbone embedding
 OUTPUTS = (OUT_SCORES, OUT_LABEL, OUT_CONFIDENCE, OUT_EMBEDDING)
+# serving/ only (brandlens.evidence names them): per class, evidence over the final map's h x w locations.
+OUT_EVIDENCE_MAPS = "evidence_maps"      # float32 [N, h, w, C]: the head at each location; their mean is the logit
+OUT_EVIDENCE_BOXES = "evidence_boxes"    # float32 [N, C, 4]: x1, y1, x2, y2 of the class's region, in [0, 1]
+OUT_EVIDENCE_AREAS = "evidence_areas"    # float32 [N, C]: the box's share of the input
+OUT_EVIDENCE_POINTS = "evidence_points"  # float32 [N, C, 2]: x, y of the class's strongest evidence
+OUT_REGION_SCORES = "region_scores"      # float32 [N, C]: the class's softmax score on its region's pooled features
+EVIDENCE_OUTPUTS = (OUT_EVIDENCE_MAPS, OUT_EVIDENCE_BOXES, OUT_EVIDENCE_AREAS, OUT_EVIDENCE_POINTS, OUT_REGION_SCORES)
 
 MODEL_CARD_FIELDS = (
     "version_id",       # e.g. "bl-20261129T021700Z-3f2a9c1e"; outputs cite it
@@ -65,4 +78,6 @@ MODEL_CARD_FIELDS = (
     "metrics",          # validation and test figures
     "created_at",
     "brandlens_version",
+    "brand_thresholds",  # label -> min max(score, region score) for an extra brand in a photo, chosen on
+                         # validation photos (brandlens.evidence.choose_thresholds); null: report the label only
 )

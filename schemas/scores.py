@@ -1,6 +1,6 @@
 """Arrow schema of the scoring job's Parquet output.
 
-Fixed columns first, then one ``score_<label>`` column per class, then the
+Fixed columns first, then the evidence columns, then one ``score_<label>`` column per class, then the
 columns carried through unchanged from the posts manifest (as text: typed Parquet
 columns converted as ``beam_jobs.common.sources.metadata_text`` documents).
 
@@ -14,7 +14,8 @@ columns converted as ``beam_jobs.common.sources.metadata_text`` documents).
   not likely enough to name"). It is not a score of "any brand".
 - ``brand_score``: the best brand's softmax score, in every row (the top score in a
   closed world): sort by it to rank posts by how brand-like they are.
-  ``brand_found`` is ``label != neither``; a row with ``brand_found`` false and
+  ``brand_found`` is true when ``brands`` (below) is not empty: ``label != neither``,
+  or another brand passed its threshold; a row whose ``label`` is neither and
   ``brand_score`` above ``score_neither`` was demoted by the threshold.
 
 One schema per archive: every run in a ``scores/`` folder has the same columns
@@ -22,6 +23,18 @@ One schema per archive: every run in a ``scores/`` folder has the same columns
 run, a run being a model version and an input (``brandlens.scores_archive``);
 ``dt`` is the UTC date of ``posted_at``. Only files listed by a committed run
 manifest belong to the archive (``brandlens.commit``).
+
+Evidence (``brandlens.evidence``; read by the web app):
+
+* ``brands``: every brand reported in the photo, best first (the model's label
+  first when it is a brand), each ``{label, score, box, area}``: ``score`` is
+  max(softmax score, region score) in [0, 1]; ``box`` the normalised
+  ``[x1, y1, x2, y2]`` of the brand's evidence in the photo (origin top left,
+  x rightwards, 1.0 = the photo's width/height), ``area`` its share of the photo.
+  ``box`` is empty (``[]``) and ``area`` null when the model made no maps
+  (rescoring from embeddings, VGG16). ``brand_found`` is true when ``brands`` is not empty.
+* ``box``: the ``box`` of ``label``; empty for 'neither' or without maps (lists
+  hold no NULLs, so BigQuery reads them as arrays).
 """
 
 from __future__ import annotations
@@ -43,6 +56,11 @@ BACKBONE = "backbone"
 SCORED_AT = "scored_at"
 EMBEDDING = "embedding"
 PARTITION = "dt"
+BRANDS = "brands"
+BOX = "box"
+BOX_TYPE = pa.list_(pa.float32())  # 4 values; a variable list because Parquet readers choke on null fixed-size ones
+BRAND_TYPE = pa.struct([pa.field("label", pa.string(), nullable=False), pa.field("score", pa.float32(), nullable=False),
+                        pa.field("box", BOX_TYPE, nullable=False), pa.field("area", pa.float32())])
 
 FIXED_FIELDS = (
     pa.field(POST_ID, pa.string(), nullable=False),
@@ -57,7 +75,11 @@ FIXED_FIELDS = (
     pa.field(BACKBONE, pa.string(), nullable=False),
     pa.field(SCORED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
 )
-RESERVED = {f.name for f in FIXED_FIELDS} | {EMBEDDING, PARTITION}
+EVIDENCE_FIELDS = (
+    pa.field(BRANDS, pa.list_(BRAND_TYPE), nullable=False),
+    pa.field(BOX, BOX_TYPE, nullable=False),
+)
+RESERVED = {f.name for f in FIXED_FIELDS + EVIDENCE_FIELDS} | {EMBEDDING, PARTITION}
 SCORE_PREFIX = "score_"
 
 
@@ -74,7 +96,7 @@ def scores_schema(labels: list[str], carried: list[str] = (), with_embedding: bo
     clash = [c for c in carried if c in RESERVED or c in columns]
     if clash:
         raise ValueError(f"input columns {clash} clash with output columns; rename them")
-    fields = list(FIXED_FIELDS) + [pa.field(c, pa.float32(), nullable=False) for c in columns]
+    fields = list(FIXED_FIELDS + EVIDENCE_FIELDS) + [pa.field(c, pa.float32(), nullable=False) for c in columns]
     if with_embedding:
         fields.append(pa.field(EMBEDDING, pa.list_(pa.float32(), embedding_dim), nullable=False))
     fields += [pa.field(c, pa.string()) for c in carried]

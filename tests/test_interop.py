@@ -179,11 +179,18 @@ def test_every_column_follows_bigquerys_parquet_rules(archive):
             column = parquet.schema.column(i)
             top = column.path.split(".")[0]
             field = arrow.field(top)
-            if pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
+            if (pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type)) and pa.types.is_struct(
+                    field.type.value_type):
+                # ARRAY<STRUCT<...>>: the evidence column brands (label, score, box ARRAY<FLOAT64>, area)
+                assert column.path.startswith(f"{top}.list.element.") and column.max_repetition_level <= 2, column.path
+                assert pq.read_table(path, columns=[top]).column(top).null_count == 0  # empty arrays, never NULL ones
+                types[top] = "ARRAY<STRUCT>"
+            elif pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
                 # the standard 3-level LIST that list inference turns into ARRAY<element>
                 assert column.path == f"{top}.list.element" and column.max_repetition_level == 1, column.path
                 assert re.search(rf"group field_id=-1 {top} \(List\) {{\s*repeated group field_id=-1 list {{", tree), tree
-                assert parquet.metadata.row_group(0).column(i).statistics.null_count == 0  # BigQuery arrays hold no NULLs
+                # BigQuery arrays hold no NULLs (Parquet statistics count an empty list as a null leaf, so ask Arrow)
+                assert pq.read_table(path, columns=[top]).column(top).null_count == 0
                 types[top] = f"ARRAY<{_bigquery_type(column)}>"
             else:
                 assert column.path == top and column.max_repetition_level == 0, column.path

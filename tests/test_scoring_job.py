@@ -198,3 +198,30 @@ def test_multi_crop_keeps_the_most_brand_like_view(posts, scored, sample_model, 
     for row in tiled:
         base = plain[row[schema.POST_ID]]
         assert max(row["score_acme"], row["score_zenith"]) >= max(base["score_acme"], base["score_zenith"]) - 1e-6
+
+
+def test_engine_seam_falls_back_where_backbone_plus_head_is_not_the_whole_model(sample_model, tmp_path):
+    """TFLite runs only the backbone: an export with evidence outputs, or without head/, scores on its SavedModel."""
+    import shutil
+
+    from beam_jobs.scoring.model import ScoringModel
+    from brandlens import engines
+    from schemas import model as contract
+
+    images = np.random.default_rng(0).uniform(0, 255, (2, *[ScoringModel(sample_model).card.input_size] * 2, 3)).astype(np.float32)
+    reference = ScoringModel(sample_model).score_images(images)
+    model = ScoringModel(sample_model, engines.TFLITE)
+    model.load(contract.SERVING_DIR)
+    has_evidence = any(name in reference for name in contract.EVIDENCE_OUTPUTS)
+    assert model.engine == (engines.SAVEDMODEL if has_evidence else engines.TFLITE)
+    out = model.score_images(images)
+    np.testing.assert_allclose(out["scores"], reference["scores"], atol=1e-4)
+    assert set(reference) <= set(out)
+
+    headless = tmp_path / "headless"
+    shutil.copytree(sample_model, headless)
+    shutil.rmtree(headless / contract.HEAD_DIR)
+    model = ScoringModel(str(headless), engines.TFLITE)
+    model.load(contract.SERVING_DIR)
+    assert model.engine == engines.SAVEDMODEL
+    np.testing.assert_allclose(model.score_images(images)["scores"], reference["scores"], atol=1e-6)

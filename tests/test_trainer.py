@@ -210,7 +210,7 @@ def test_export_matches_evaluation_on_the_test_images(trained, data):
     expected = np.array([[float(r[f"score:{lab}"]) for lab in labels] for r in rows], np.float32)
     serving = tf.saved_model.load(str(trained / contract.SERVING_DIR))
     out = serving.signatures[contract.SIG_BYTES](**{contract.INPUT_BYTES: tf.constant(_test_images(data))})
-    assert set(out) == set(contract.OUTPUTS)
+    assert set(out) == set(contract.OUTPUTS) | set(contract.EVIDENCE_OUTPUTS)
     assert np.max(np.abs(out[contract.OUT_SCORES].numpy() - expected)) < PARITY
     assert [v.decode() for v in out[contract.OUT_LABEL].numpy()] == [r["predicted"] for r in rows]
     assert np.allclose(out[contract.OUT_CONFIDENCE].numpy(), [float(r["confidence"]) for r in rows], atol=PARITY)

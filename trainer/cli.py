@@ -41,8 +41,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from trainer.predict import format_prediction, predict
 
     failed = 0
-    for p in predict(args.model, args.paths, args.batch_size):
-        print(format_prediction(p))
+    for p in predict(args.model, args.paths, args.batch_size, args.explain):
+        print(format_prediction(p, args.explain is not None))
         failed += p.error is not None
     return 1 if failed else 0
 
@@ -68,8 +68,11 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "predict", help="score image files or folders with an exported model",
-        description="Print, for each image, the model's answer and every label with its score, highest first.")
+        description="Print, for each image, the model's answer, every label with its score (highest first) and every "
+                    "brand found in it with its box.")
     p.add_argument("model", type=Path, help="an export folder (with serving/ and model_card.json)")
     p.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--batch-size", type=int, default=32, help="images per model call (default %(default)s)")
+    p.add_argument("--explain", type=Path, default=None, metavar="DIR",
+                   help="also write each photo with its heat map and brand boxes as DIR/<name>.png")
     p.set_defaults(handler=_cmd_predict)

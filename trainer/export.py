@@ -54,6 +54,7 @@ def _modules(weights, scale, shift, labels, neither_index, threshold, version_id
     """Build the head module and, given a backbone, the serving module around it."""
     import tensorflow as tf
 
+    from brandlens import evidence
     from brandlens.preprocess import crop_and_resize
 
     dim = weights.kernel.shape[0]
@@ -71,7 +72,8 @@ def _modules(weights, scale, shift, labels, neither_index, threshold, version_id
             self.labels = tf.Variable(labels, trainable=False, name="labels")
             self.version_id = tf.Variable(version_id, trainable=False, name="version_id")
 
-        def outputs(self, embedding):
+        def outputs(self, embedding, feature_map=None):
+            """The contract's outputs; with the backbone's final map also the evidence (``contract.EVIDENCE_OUTPUTS``)."""
             scaled = embedding * self.scale + self.shift
             logits = tf.matmul(scaled, self.kernel) + self.bias
             if temperature != 1.0:
@@ -82,8 +84,12 @@ def _modules(weights, scale, shift, labels, neither_index, threshold, version_id
                 top_score = tf.gather(scores, top, batch_dims=1)
                 below = tf.logical_and(tf.not_equal(top, neither_index), top_score < threshold)
                 top = tf.where(below, tf.constant(neither_index, tf.int32), top)
-            return {contract.OUT_SCORES: scores, contract.OUT_LABEL: tf.gather(self.labels, top),
-                    contract.OUT_CONFIDENCE: tf.gather(scores, top, batch_dims=1), contract.OUT_EMBEDDING: embedding}
+            out = {contract.OUT_SCORES: scores, contract.OUT_LABEL: tf.gather(self.labels, top),
+                   contract.OUT_CONFIDENCE: tf.gather(scores, top, batch_dims=1), contract.OUT_EMBEDDING: embedding}
+            if feature_map is not None and feature_map.shape[-1] == dim:  # the embedding is the map's mean
+                out.update(evidence.evidence(feature_map, self.scale, self.shift, self.kernel, self.bias,
+                                             temperature=self.temperature))
+            return out
 
         @tf.function(input_signature=[tf.TensorSpec([None, dim], tf.float32, name=contract.INPUT_EMBEDDING)])
         def serve(self, embedding):
@@ -107,19 +113,22 @@ def _modules(weights, scale, shift, labels, neither_index, threshold, version_id
                 self.net = _adapted_network(self.backbone, weights, self.specs, cut)
 
         def embed(self, images):
+            """(embedding, final feature map): the embedding is the map's mean for every backbone but VGG16."""
             if not weights.adapts_blocks:
-                return self.backbone.serve(images)["embedding"]
+                features = self.backbone.serve(images)
+                return features["embedding"], features["feature_map"]
             from brandlens.backbones import efficientnet_lite as lite
             from schemas.bottleneck import CUT_MAP_DTYPE
 
             net, specs = self.net, self.specs
             trunk = lite.run_blocks(net, lite.stem(net, lite.preprocess(images)), specs, 0, cut)
             trunk = tf.cast(tf.cast(trunk, CUT_MAP_DTYPE), tf.float32)  # as stored for training: float16
-            return tf.reduce_mean(lite.head_map(net, lite.run_blocks(net, trunk, specs, cut)), axis=[1, 2])
+            final = lite.head_map(net, lite.run_blocks(net, trunk, specs, cut))
+            return tf.reduce_mean(final, axis=[1, 2]), final
 
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name=contract.INPUT_IMAGES)])
         def score_images(self, images):
-            return self.head.outputs(self.embed(images))
+            return self.head.outputs(*self.embed(images))
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.INPUT_BYTES)])
         def score_bytes(self, image_bytes):
@@ -195,11 +204,28 @@ def export_model(config, data, run, metrics: dict) -> dict:
         "brandlens_version": __version__,
         "classification": data.classification,
         "export_check": check,
+        "brand_thresholds": _brand_thresholds(output, data, config.image_root or default_image_root(data), read_bytes,
+                                              resolve_uri),
     }
     (output / contract.MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
     write_serving_layout(output)
     log.info("exported %s to %s", version_id, output)
     return card
+
+
+def _brand_thresholds(output: Path, data, image_root, read_bytes, resolve_uri) -> dict | None:
+    """Thresholds for reporting extra brands (``brandlens.evidence``), chosen on the validation photos."""
+    import tensorflow as tf
+
+    from brandlens import evidence
+
+    validation = data.splits["validation"]
+    found = [(blob, validation.y[i]) for i in range(len(validation))
+             if (blob := read_bytes(resolve_uri(str(validation.uri[i]), image_root))) is not None]
+    serving = tf.saved_model.load(str(output / contract.SERVING_DIR)).signatures[contract.SIG_BYTES]
+    score = lambda blobs: {k: v.numpy() for k, v in serving(**{contract.INPUT_BYTES: tf.constant(blobs)}).items()}  # noqa: E731
+    return evidence.thresholds_from_model(score, [b for b, _ in found], np.array([y for _, y in found]), data.labels,
+                                          data.neither_label)
 
 
 def verify_export(output: Path, data, test_scores: np.ndarray, max_images: int, image_root, read_bytes, resolve_uri) -> dict:

@@ -3,6 +3,8 @@
 Images are decoded by ``brandlens.imaging`` (EXIF orientation, more formats, a
 clear reason for bad files) and fed to the ``score_images`` signature, as the
 scoring job does; for JPEGs this equals ``serving_default`` on the raw bytes.
+Every brand reported in the photo (``brandlens.evidence``) is listed with its box;
+``--explain DIR`` also writes each photo with its heat map and boxes as a PNG.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class Prediction:
     label: str | None                      # after the threshold rule; None when the file failed
     scores: tuple[tuple[str, float], ...]  # highest first
     error: str | None = None
+    brands: tuple[dict, ...] = ()          # brandlens.evidence.reported_brands, boxes normalised to the photo
+    explained: str | None = None           # the --explain PNG
 
 
 def read_model_card(model_dir: Path) -> dict:
@@ -48,9 +52,19 @@ def find_images(paths: list[Path]) -> list[Path]:
     return found
 
 
-def predict(model_dir: Path, paths: list[Path], batch_size: int = 32) -> list[Prediction]:
+def _png_path(folder: Path, path: Path, taken: set) -> Path:
+    name, n = f"{path.stem}.png", 1
+    while name in taken:
+        n += 1
+        name = f"{path.stem}-{n}.png"
+    taken.add(name)
+    return folder / name
+
+
+def predict(model_dir: Path, paths: list[Path], batch_size: int = 32, explain: Path | None = None) -> list[Prediction]:
     import tensorflow as tf
 
+    from brandlens import evidence, overlay
     from brandlens.imaging import ImageDecodeError, decode_image
     from brandlens.preprocess import prepare
 
@@ -60,20 +74,40 @@ def predict(model_dir: Path, paths: list[Path], batch_size: int = 32) -> list[Pr
     score = tf.saved_model.load(str(Path(model_dir) / contract.SERVING_DIR)).signatures[contract.SIG_IMAGES]
     labels = card["labels"]
     results: list[Prediction] = []
-    pending: list[tuple[Path, np.ndarray]] = []
+    pending: list[tuple[Path, np.ndarray, np.ndarray]] = []
+    taken: set = set()
+    if explain is not None:
+        Path(explain).mkdir(parents=True, exist_ok=True)
 
     def flush() -> None:
         if not pending:
             return
-        out = score(**{contract.INPUT_IMAGES: tf.constant(np.stack([img for _, img in pending]))})
-        for (path, _), label, row in zip(pending, out[contract.OUT_LABEL].numpy(), out[contract.OUT_SCORES].numpy()):
+        out = score(**{contract.INPUT_IMAGES: tf.constant(np.stack([img for _, _, img in pending]))})
+        out = {k: v.numpy() for k, v in out.items()}
+        for i, (path, rgb, _) in enumerate(pending):
+            label, row = out[contract.OUT_LABEL][i].decode("utf-8"), out[contract.OUT_SCORES][i]
+            boxes = out.get(evidence.OUT_BOXES)
+            if boxes is not None:
+                boxes = evidence.input_box_to_image(boxes[i], rgb.shape[0], rgb.shape[1], crop, resize_mode)
+            region = out.get(evidence.OUT_REGION_SCORES)
+            brands = evidence.reported_brands(label, row, labels, card.get("neither_label"), card.get("brand_thresholds"),
+                                              None if region is None else region[i], boxes)
+            png = None
+            if explain is not None:
+                shown = labels.index(brands[0]["label"]) if brands else int(np.argmax(row))
+                maps = out.get(evidence.OUT_MAPS)
+                heat = None if maps is None else overlay.heat_of(maps[i], shown)
+                png = _png_path(Path(explain), path, taken)
+                png.write_bytes(overlay.png_bytes(overlay.render(rgb, heat, brands, crop, resize_mode)))
             order = np.argsort(-row, kind="stable")
-            results.append(Prediction(str(path), label.decode("utf-8"), tuple((labels[j], float(row[j])) for j in order)))
+            results.append(Prediction(str(path), label, tuple((labels[j], float(row[j])) for j in order),
+                                      brands=tuple(brands), explained=None if png is None else str(png)))
         pending.clear()
 
     for path in find_images(paths):
         try:
-            pending.append((path, prepare(decode_image(path.read_bytes()), size, crop, resize_mode)))
+            rgb = decode_image(path.read_bytes())
+            pending.append((path, rgb, prepare(rgb, size, crop, resize_mode)))
         except (ImageDecodeError, OSError) as exc:
             flush()
             results.append(Prediction(str(path), None, (), str(exc)))
@@ -83,8 +117,14 @@ def predict(model_dir: Path, paths: list[Path], batch_size: int = 32) -> list[Pr
     return results
 
 
-def format_prediction(p: Prediction) -> str:
+def format_prediction(p: Prediction, explain: bool = False) -> str:
+    """The label, every score; with ``explain`` also every brand found with its box, and the PNG written."""
     if p.error:
         return f"{p.path}: cannot score: {p.error}"
     lines = [f"{p.path}: {p.label}"] + [f"  {label} (score = {s:.5f})" for label, s in p.scores]
+    for b in p.brands if explain else ():
+        where = "" if b["box"] is None else " at x1 y1 x2 y2 = " + " ".join(f"{v:.3f}" for v in b["box"]) + f" ({b['area']:.1%} of the photo)"
+        lines.append(f"  brand found: {b['label']} (score = {b['score']:.5f}){where}")
+    if p.explained:
+        lines.append(f"  explained: {p.explained}")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ global pyplot backend is touched in a process that other stages share.
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
 from pathlib import Path
@@ -88,20 +89,45 @@ def plot_threshold(scores: np.ndarray, y: np.ndarray, neither_index: int, chosen
     fig.savefig(path)
 
 
-def write_error_report(path: Path, rows: list[dict], image_root: Path | None, title: str, total: int) -> None:
+def evidence_data_uri(data: bytes | None, row: dict, explain) -> str | None:
+    """The photo with the predicted brand's heat map and the predicted and true brands' boxes (brandlens.overlay)."""
+    if data is None:
+        return None
+    from brandlens.imaging import ImageDecodeError, decode_image
+    from brandlens.overlay import png_bytes
+
+    try:
+        rgb = decode_image(data)
+    except ImageDecodeError:
+        return None
+    image = explain(rgb, list(dict.fromkeys([row["predicted"], row["label"]])))
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+def write_error_report(path: Path, rows: list[dict], image_root: Path | None, title: str, total: int,
+                       explain=None) -> None:
+    """``explain(rgb, labels) -> PIL image`` draws the evidence overlays; without it, plain thumbnails."""
     from trainer.data import read_bytes, resolve_uri
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;margin:1.5em}td{vertical-align:top;padding:6px;border-bottom:1px solid #ddd}"
              "img{max-width:160px}.score{font-family:monospace}.miss{color:#999}</style></head><body>",
              f"<h1>{html.escape(title)}</h1><p>{len(rows)} errors of {total} test images, most confident first.</p>"]
-    parts += error_table(rows, lambda uri: thumbnail_data_uri(read_bytes(resolve_uri(uri, image_root))))
+    by_uri = {row["uri"]: row for row in rows}
+    if explain is None:
+        picture = lambda uri: thumbnail_data_uri(read_bytes(resolve_uri(uri, image_root)))  # noqa: E731
+    else:
+        picture = lambda uri: evidence_data_uri(read_bytes(resolve_uri(uri, image_root)), by_uri[uri], explain)  # noqa: E731
+    parts += error_table(rows, picture)
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
 
 
-def write_all(output: Path, data, run, image_root: Path | None) -> None:
-    """Curves, the test confusion matrix, the threshold plot (open world) and the error report."""
+def write_all(output: Path, data, run, image_root: Path | None, artifact: Path | None = None) -> None:
+    """Curves, the test confusion matrix, the threshold plot (open world) and the error report.
+
+    Given the backbone ``artifact``, the error report shows each photo's evidence (heat map, boxes).
+    """
     from trainer.data import default_image_root
 
     plot_curves(run.fit.history, output / CURVES_PNG, run.fit.best_step)
@@ -114,5 +140,14 @@ def write_all(output: Path, data, run, image_root: Path | None) -> None:
     test = data.splits["test"]
     predicted = ev.apply_threshold(run.scores["test"], data.neither_index, run.threshold_value)
     rows = error_rows(run.scores["test"], test.y, predicted, data.labels, test.uri)
+    explain = None
+    if artifact is not None:
+        from brandlens.backbones.artifact import load_backbone
+        from brandlens.overlay import explain_with_backbone
+
+        backbone, weights = load_backbone(artifact), run.fit.weights.as_float32()
+        head = (data.scale, data.shift, weights.kernel, weights.bias)
+        explain = lambda rgb, shown: explain_with_backbone(backbone, head, rgb, data.labels,  # noqa: E731
+                                                           [s for s in shown if s != data.neither_label])
     write_error_report(output / ERRORS_HTML, rows, image_root or default_image_root(data),
-                       f"Test errors: {data.root.name}", len(test))
+                       f"Test errors: {data.root.name}", len(test), explain)

@@ -310,10 +310,11 @@ def run_training(config: TrainConfig, data: BottleneckData | None = None, fitted
     started = time.time()
     if data is None:
         data = load_bottlenecks(config.bottlenecks, config.neither_label)
+    artifact = None
     if config.export:
         from trainer.data import locate_artifact
 
-        locate_artifact(data.fingerprint, config.artifact_root)  # fail before training, not after
+        artifact = locate_artifact(data.fingerprint, config.artifact_root)  # fail before training, not after
     _prepare_output(config.output, config.overwrite)
     run = train_and_evaluate(data, config.hparams, config.target_precision,
                              None if fitted else blocks_for(data, config.hparams, config.artifact_root), fitted)
@@ -333,7 +334,7 @@ def run_training(config: TrainConfig, data: BottleneckData | None = None, fitted
     output = config.output
     write_tensorboard(run.fit.history, output / TENSORBOARD_DIR)
     write_predictions(output / PREDICTIONS_FILE, data, run.scores["test"], run.threshold_value)
-    report.write_all(output, data, run, config.image_root)
+    report.write_all(output, data, run, config.image_root, artifact)
     if config.export:
         from trainer.export import export_model
 

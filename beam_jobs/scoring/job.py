@@ -325,7 +325,7 @@ def rescore(config: RescoreConfig) -> dict:
             names = pq.ParquetFile(f).schema_arrow.names
         if schema.EMBEDDING not in names:
             raise ConfigError(f"{files[0]} has no '{schema.EMBEDDING}' column: score with --write-embedding first")
-        fixed = {fl.name for fl in schema.FIXED_FIELDS} | {schema.EMBEDDING}
+        fixed = {fl.name for fl in schema.FIXED_FIELDS + schema.EVIDENCE_FIELDS} | {schema.EMBEDDING}
         carried = tuple((n, n) for n in names if n not in fixed and not n.startswith("score_"))
         uris = [schema.IMAGE_URI] + ([schema.RESOLVED_URI] if schema.RESOLVED_URI in names else [])
         columns = [schema.POST_ID, *uris, schema.CONTENT_HASH, schema.EMBEDDING] + [n for n, _ in carried]

@@ -11,6 +11,7 @@ an engine is chosen.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from brandlens import engines, fileio
 from brandlens.errors import ArtifactError
 from schemas import model as contract
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ModelCard:
@@ -32,6 +35,7 @@ class ModelCard:
     neither_label: str | None
     threshold: float | None
     backbone: dict
+    brand_thresholds: dict | None = None  # label -> min score to report a brand beside the label (brandlens.evidence)
 
     @property
     def backbone_version(self) -> str:
@@ -69,7 +73,8 @@ def read_model_card(export_dir: str) -> ModelCard:
     missing = [k for k in ("version_id", "labels", "backbone") if k not in card]
     if missing:
         raise ArtifactError(f"{path} lacks {missing}")
-    return ModelCard(card["version_id"], tuple(card["labels"]), card.get("neither_label"), card.get("threshold"), card["backbone"])
+    return ModelCard(card["version_id"], tuple(card["labels"]), card.get("neither_label"), card.get("threshold"), card["backbone"],
+                     card.get("brand_thresholds"))
 
 
 class ScoringModel:
@@ -77,7 +82,9 @@ class ScoringModel:
 
     ``engine`` (``brandlens.engines``) runs ``score_images``: ``savedmodel`` calls the serving
     signature; any other engine runs the serving model's own backbone on that engine, then the
-    head (what the signature computes, to the engine's tolerance; ``schemas/model.py``).
+    head (what the signature computes, to the engine's tolerance; ``schemas/model.py``). That
+    holds only for exports that are backbone + ``head/``: one with adapted blocks (no ``head/``)
+    or with evidence outputs (boxes need the final map) is scored on its SavedModel instead.
     """
 
     def __init__(self, export_dir: str, engine: str = engines.SAVEDMODEL):
@@ -97,7 +104,7 @@ class ScoringModel:
 
     def load(self, folder: str) -> None:
         """Load ``serving/`` or ``head/`` now (model load time belongs to loading, not to the first batch)."""
-        if folder == contract.SERVING_DIR and self.engine != engines.SAVEDMODEL:
+        if folder == contract.SERVING_DIR and self._engine_applies():
             self._backbone_engine()
             self._signature("_head", contract.HEAD_DIR, contract.SIG_EMBEDDING)
         elif folder == contract.SERVING_DIR:
@@ -113,6 +120,24 @@ class ScoringModel:
                 setattr(self, attr, (loaded, loaded.signatures[name]))
             return getattr(self, attr)[1]
 
+    def _engine_applies(self) -> bool:
+        """Whether backbone-on-engine + head computes all of ``score_images``; else fall back to the SavedModel."""
+        if self.engine == engines.SAVEDMODEL:
+            return False
+        reason = None
+        if not (self._local / contract.HEAD_DIR).is_dir():
+            reason = "it has no head/ (adapted blocks)"
+        else:
+            outputs = self._signature("_serving", contract.SERVING_DIR, contract.SIG_IMAGES).structured_outputs
+            if any(name in outputs for name in contract.EVIDENCE_OUTPUTS):
+                reason = "its evidence outputs need the backbone's final map"
+            else:
+                self._serving = None  # only its backbone runs, on the engine
+        if reason:
+            log.info("scoring %s on its SavedModel, not %s: %s", self.card.version_id, self.engine, reason)
+            self.engine = engines.SAVEDMODEL
+        return reason is None
+
     def _backbone_engine(self):
         with self._lock:
             if self._engine is None:
@@ -122,7 +147,7 @@ class ScoringModel:
 
     def score_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Prepared float32 [N, S, S, 3] images -> the contract's outputs as numpy (on this model's engine)."""
-        if self.engine != engines.SAVEDMODEL:
+        if self._engine is not None or self._engine_applies():
             return self.score_embeddings(self._backbone_engine().embed(images))
         signature = self._signature("_serving", contract.SERVING_DIR, contract.SIG_IMAGES)
         out = signature(**{contract.INPUT_IMAGES: self._tf.convert_to_tensor(images, self._tf.float32)})

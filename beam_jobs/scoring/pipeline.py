@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ from beam_jobs.scoring.config import NAMESPACE, RescoreConfig, ScoringConfig
 from beam_jobs.scoring.model import HeadHandler, ImagesHandler, ModelCard
 from beam_jobs.scoring.parquet_sink import WriteScoresParquet, WriteScoresParquetBatched
 from beam_jobs.scoring.rows import (BadPost, best_view, brand_mask, brand_scores, given_uri, partition_of, post_id_of,
-                                    score_row, views)
+                                    score_row, view_boxes_to_photo, views)
 from beam_jobs.scoring.stored import EmbeddingBatch
 from brandlens.imaging import content_hash
 from brandlens.preprocess import decode_side
@@ -54,6 +55,8 @@ class Post:
     record: ImageRecord
     content_hash: str = ""
     given_uri: str = ""  # the image uri as the input wrote it (record.uri is resolved)
+    image_size: tuple[int, int] = (0, 0)  # decoded height, width: evidence boxes are mapped back to it
+    grid: int = 1                         # the multi-crop grid its views were cut with
 
 
 class _Identify(beam.DoFn):
@@ -100,7 +103,8 @@ class _DecodeAndPrepare(beam.DoFn):
         except Exception as exc:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, post.record.dead_letter(STAGE_DECODE, PREPARE_FAILED, f"{type(exc).__name__}: {exc}"))
             return
-        slim = dataclasses.replace(post, record=post.record.without_data(), content_hash=content_hash(post.record.data))
+        slim = dataclasses.replace(post, record=post.record.without_data(), content_hash=content_hash(post.record.data),
+                                   image_size=tuple(rgb.shape[:2]), grid=self._grid)
         yield slim, np.stack(prepared)
 
 
@@ -143,9 +147,13 @@ class _ToRow:
         if self._with_embedding:
             outputs = {**outputs, "embedding": outputs["embedding"][[0] * len(outputs["embedding"])]}  # the whole image's
         card = self._card
+        to_photo = functools.partial(view_boxes_to_photo, height=post.image_size[0], width=post.image_size[1],
+                                     grid=post.grid, view=chosen, crop_fraction=card.crop_fraction,
+                                     resize_mode=card.resize_mode)
         row = score_row(post.post_id, post.given_uri or post.record.uri, post.content_hash, post.partition, outputs, chosen,
                         card.labels, card.neither_label, card.version_id, card.backbone_version, self._scored_at,
-                        carry(post.record.metadata, self._carried), self._with_embedding, post.record.uri)
+                        carry(post.record.metadata, self._carried), self._with_embedding, post.record.uri,
+                        card.brand_thresholds, to_photo)
         self._counters.inc(SCORED)
         progress("posts scored", self._interval).add(1)
         return row
@@ -273,6 +281,11 @@ class _RescoredTable:
             schema.MODEL_VERSION: pa.repeat(pa.scalar(card.version_id, pa.string()), n),
             schema.BACKBONE: pa.repeat(pa.scalar(card.backbone_version, pa.string()), n),
             schema.SCORED_AT: pa.repeat(pa.scalar(self._scored_at, self._schema.field(schema.SCORED_AT).type), n),
+            # An embedding has no locations: the label is the one brand, without a box.
+            schema.BRANDS: pa.array([[{"label": label, "score": float(c), "box": [], "area": None}] if label != card.neither_label
+                                     else [] for label, c in zip(outputs["label"], outputs["confidence"])],
+                                    self._schema.field(schema.BRANDS).type),
+            schema.BOX: pa.array([[]] * n, schema.BOX_TYPE),
         }
         for j, label in enumerate(card.labels):
             columns[schema.score_column(label)] = pa.array(scores[:, j])

@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 
+from brandlens import evidence
 from schemas import scores as schema
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -94,22 +95,47 @@ def given_uri(metadata: dict, uri_column: str, resolved: str) -> str:
     return value.strip() if isinstance(value, str) and value.strip() else resolved
 
 
+def view_boxes_to_photo(boxes: np.ndarray, height: int, width: int, grid: int, view: int, crop_fraction: float,
+                        resize_mode: str) -> np.ndarray:
+    """Boxes (or points) normalised to view ``view``'s model input -> normalised to the whole photo.
+
+    View 0 is the whole photo prepared as the model was trained; the others are :func:`tile_boxes` tiles, squashed.
+    """
+    if view == 0:
+        return evidence.input_box_to_image(boxes, height, width, crop_fraction, resize_mode)
+    top, left, bottom, right = tile_boxes(height, width, grid)[view - 1]
+    out = np.array(boxes, np.float64)
+    out[..., 0::2] = (left + out[..., 0::2] * (right - left)) / width
+    out[..., 1::2] = (top + out[..., 1::2] * (bottom - top)) / height
+    return out
+
+
 def score_row(post_id: str, uri: str, content_hash: str, partition: str, outputs: dict, index: int,
               labels: tuple[str, ...], neither: str | None, model_version: str, backbone: str,
-              scored_at: dt.datetime, carried: dict, with_embedding: bool, resolved_uri: str | None = None) -> dict:
+              scored_at: dt.datetime, carried: dict, with_embedding: bool, resolved_uri: str | None = None,
+              brand_thresholds: dict | None = None, to_photo=None) -> dict:
     """One output row (``schemas.scores`` columns + the ``dt`` partition) from the model's outputs.
 
-    ``uri`` is the image uri as given, ``resolved_uri`` where it was read (default: the same).
+    ``uri`` is the image uri as given, ``resolved_uri`` where it was read (default: the same);
+    ``to_photo`` maps the chosen view's evidence boxes [C, 4] to the photo (:func:`view_boxes_to_photo`).
     """
     label = str(outputs["label"][index])
     scores = np.asarray(outputs["scores"][index:index + 1], np.float32)
+    region = outputs.get(evidence.OUT_REGION_SCORES)
+    boxes = outputs.get(evidence.OUT_BOXES)
+    if boxes is not None:
+        boxes = to_photo(boxes[index]) if to_photo is not None else boxes[index]
+    brands = evidence.reported_brands(label, outputs["scores"][index], labels, neither, brand_thresholds,
+                                      None if region is None else region[index], boxes)
     row = {
         schema.POST_ID: post_id, schema.IMAGE_URI: uri, schema.RESOLVED_URI: resolved_uri or uri,
         schema.CONTENT_HASH: content_hash, schema.LABEL: label,
         schema.CONFIDENCE: float(outputs["confidence"][index]),
         schema.BRAND_SCORE: float(brand_scores(scores, brand_mask(labels, neither))[0]),
-        schema.BRAND_FOUND: label != neither, schema.MODEL_VERSION: model_version, schema.BACKBONE: backbone,
+        schema.BRAND_FOUND: bool(brands), schema.MODEL_VERSION: model_version, schema.BACKBONE: backbone,
         schema.SCORED_AT: scored_at, schema.PARTITION: partition,
+        schema.BRANDS: [{**b, "box": b["box"] or []} for b in brands],  # Parquet lists hold no NULLs: [] = no box
+        schema.BOX: (brands[0]["box"] or []) if brands and brands[0]["label"] == label else [],
     }
     for name, score in zip(labels, outputs["scores"][index]):
         row[schema.score_column(name)] = float(score)

@@ -1,6 +1,6 @@
 """Materialise a backbone once into a versioned artifact directory; load it anywhere.
 
-An artifact is ``<root>/<name>-<sha12>/`` holding ``saved_model/`` (a plain TF
+An artifact is ``<root>/<name>-<sha12>-c<crop>[-<mode>]-f<format>/`` holding ``saved_model/`` (a plain TF
 SavedModel with preprocessing inside) and ``fingerprint.json``. Plain
 SavedModels load through ``tf.saved_model.load`` in Keras 2 and Keras 3
 processes alike (tensorflow-transform switches ``tf.keras`` to Keras 2), and
@@ -11,6 +11,12 @@ workers load the artifact instead of rebuilding or downloading weights.
 artifact and machine, remembered in a stamp keyed by the files' sizes and times):
 an artifact re-saved with other weights under the same fingerprint is refused,
 so cache keys (the fingerprint's version) always mean the weights they name.
+
+Both signatures return ``embedding``, ``logits`` and ``feature_map``: the
+backbone's last convolutional map [N, h, w, c] (format 2). For the
+EfficientNet-Lite variants and Inception v3 the embedding is that map's mean,
+so a linear head applied at every location gives exact class activation maps
+(:mod:`brandlens.evidence`); for VGG16 (embedding fc2) it is block5_conv3.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from brandlens.preprocess import DEFAULT_RESIZE_MODE, RESIZE_MODES, default_crop
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: signatures also return feature_map
 FINGERPRINT_FILE = "fingerprint.json"
 SAVED_MODEL_DIR = "saved_model"
 RESIZE_METHOD = "central square of crop_fraction x the shorter side, bilinear antialiased resize to input_size (brandlens.preprocess)"
@@ -73,7 +79,8 @@ class BackboneFingerprint:
 
     @property
     def directory_name(self) -> str:
-        return self.version.replace("@", "-")
+        """The artifact folder: the current format is in the name, so older artifacts get rebuilt, not refused."""
+        return f"{self.version.replace('@', '-')}-f{FORMAT_VERSION}"
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "version": self.version}, indent=2, sort_keys=True)
@@ -188,13 +195,13 @@ def materialize(name: str, root: str | Path, weights_file: str | None = None, cr
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
     def serve(images):
-        features, logits = net.forward_normalized(preprocess(images))
-        return {"embedding": features, "logits": logits}
+        features, logits, feature_map = net.forward_normalized(preprocess(images))
+        return {"embedding": features, "logits": logits, "feature_map": feature_map}
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="x")])
     def normalized(x):
-        features, logits = net.forward_normalized(x)
-        return {"embedding": features, "logits": logits}
+        features, logits, feature_map = net.forward_normalized(x)
+        return {"embedding": features, "logits": logits, "feature_map": feature_map}
 
     module.serve = serve
     module.normalized = normalized
@@ -246,7 +253,7 @@ class Backbone:
         return prepare(rgb, self.input_size, self.fingerprint.crop_fraction, self.fingerprint.resize_mode)
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Resized float32 [N, S, S, 3] images -> {'embedding': [N, D], 'logits': [N, 1000]}."""
+        """Resized float32 [N, S, S, 3] images -> {'embedding': [N, D], 'logits': [N, 1000], 'feature_map': [N, h, w, c]}."""
         import tensorflow as tf
 
         out = self._serve(images=tf.convert_to_tensor(images, tf.float32))

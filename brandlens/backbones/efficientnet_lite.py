@@ -144,10 +144,11 @@ class EfficientNetLite(tf.Module):
         )
 
     def forward_normalized(self, x):
-        """Return (pooled 1280-d features, 1000 ImageNet logits) for normalised input."""
-        features = tf.reduce_mean(head_map(self, run_blocks(self, stem(self, x), self._specs)), axis=[1, 2])
+        """Return (pooled 1280-d features, 1000 ImageNet logits, the [N, h, w, 1280] map they pool) for normalised input."""
+        x = head_map(self, run_blocks(self, stem(self, x), self._specs))
+        features = tf.reduce_mean(x, axis=[1, 2])
         logits = tf.matmul(features, self.fc[0]) + self.fc[1]
-        return features, logits
+        return features, logits, x
 
 
 def _conv(x, params, stride=1):

@@ -22,11 +22,12 @@ class KerasVariant:
     embedding_layer: str
     embedding_dim: int
     preprocessing: str
+    feature_map_layer: str  # the last convolutional map; for Inception v3 the embedding is its mean
 
 
 VARIANTS = {
-    "inception_v3": KerasVariant("inception_v3", 299, "avg_pool", 2048, "x / 127.5 - 1"),
-    "vgg16": KerasVariant("vgg16", 224, "fc2", 4096, "caffe: RGB->BGR, minus ImageNet channel means"),
+    "inception_v3": KerasVariant("inception_v3", 299, "avg_pool", 2048, "x / 127.5 - 1", "mixed10"),
+    "vgg16": KerasVariant("vgg16", 224, "fc2", 4096, "caffe: RGB->BGR, minus ImageNet channel means", "block5_conv3"),
 }
 
 _VGG_MEANS_BGR = (103.939, 116.779, 123.68)
@@ -45,7 +46,8 @@ class KerasBackbone(tf.Module):
     def __init__(self, variant: KerasVariant, model):
         super().__init__(name=variant.name)
         self.variant = variant
-        self.model = tf.keras.Model(model.inputs, [model.get_layer(variant.embedding_layer).output, model.output])
+        self.model = tf.keras.Model(model.inputs, [model.get_layer(variant.embedding_layer).output, model.output,
+                                                   model.get_layer(variant.feature_map_layer).output])
         self.logits_are_probabilities = True
 
     def preprocess(self, images):
@@ -55,8 +57,8 @@ class KerasBackbone(tf.Module):
         return x[..., ::-1] - tf.constant(_VGG_MEANS_BGR, tf.float32)
 
     def forward_normalized(self, x):
-        features, probabilities = self.model(x, training=False)
-        return features, tf.math.log(tf.maximum(probabilities, 1e-12))
+        features, probabilities, feature_map = self.model(x, training=False)
+        return features, tf.math.log(tf.maximum(probabilities, 1e-12)), feature_map
 
 
 def build(name: str, weights_file: str | Path | None = None) -> tuple[KerasBackbone, str]:
