@@ -6,7 +6,6 @@ Also: label maps (other brands' photos as hard negatives) and calibration. Gener
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 from schemas import model as contract
-from tests.test_trainer_helpers import SPLIT_CYCLE
+from tests.test_trainer_helpers import with_fixed_splits
 
 PARITY = 1e-5
 CUT = 15  # lite0 has blocks 0..15: the last one (320 channels) and the head convolution are trained
@@ -25,18 +24,7 @@ def _manifest(root: Path, per_label: int = 16) -> tuple[Path, Path]:
     from brandlens.sample import make_sample
 
     sample = make_sample(root / "sample", per_label, ("acme", "zenith", "rival"), 3, True)
-    with open(sample.manifest) as f:
-        rows = list(csv.DictReader(f))
-    manifest = sample.root / "manifest-with-splits.csv"
-    counters: dict[str, int] = {}
-    with open(manifest, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["uri", "label", "split"])
-        for row in rows:
-            k = counters.get(row["label"], 0)
-            counters[row["label"]] = k + 1
-            writer.writerow([row["uri"], row["label"], SPLIT_CYCLE[k % len(SPLIT_CYCLE)]])
-    return manifest, sample.root
+    return with_fixed_splits(sample), sample.root
 
 
 @pytest.fixture(scope="module")
