@@ -91,14 +91,16 @@ def test_trainer_reads_and_writes_gcs(gcs_bucket, sample_bottlenecks, artifact_r
     monkeypatch.setenv("BRANDLENS_CACHE", str(tmp_path / "localized"))
     root = f"{gcs_bucket}/trainer"
     fileio.upload_dir(sample_bottlenecks, f"{root}/bottlenecks")
-    fingerprint = json.loads((sample_bottlenecks / "backbone.json").read_text())
-    name = fingerprint["version"].replace("@", "-")
+    from brandlens.backbones.artifact import BackboneFingerprint
+
+    fingerprint = BackboneFingerprint.from_json((sample_bottlenecks / "backbone.json").read_text())
+    name = fingerprint.directory_name
     fileio.upload_dir(artifact_root / name, f"{root}/artifacts/{name}")
     argv = ["train", "--bottlenecks", f"{root}/bottlenecks", "--output", f"{root}/model", "--artifacts", f"{root}/artifacts",
             "--steps", "100", "--verify-images", "2"]
     assert main(argv) == 0
     card = json.loads(fileio.read_text(f"{root}/model/model_card.json"))
-    assert card["backbone"]["version"] == fingerprint["version"]
+    assert card["backbone"]["version"] == fingerprint.version
     published = fileio.list_files(f"{root}/model")
     assert any(p.endswith("serving/saved_model.pb") for p in published) and any(p.endswith("metrics.json") for p in published)
     model = ScoringModel(f"{root}/model")

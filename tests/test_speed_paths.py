@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -91,6 +92,13 @@ def test_a_stored_transform_output_is_found_only_when_complete_and_restores(tmp_
     assert transform_reuse.restore(folder, str(again)) == ["acme", "neither"]
     assert (again / "transformed" / "train-00000-of-00001.tfrecord.gz").read_bytes() == b"rows"
     assert (again / "transform" / "transform_fn" / "assets" / "labels").read_text() == "acme\nneither\n"
+    stored = Path(folder) / "transformed" / "train-00000-of-00001.tfrecord.gz"
+    stored.write_bytes(b"ro")  # damaged (cut short): named, ignored, so TFT runs again
+    assert transform_reuse.find(str(cache), "k1") is None
+    (Path(folder) / "transformed" / "train-00000-of-00002.tfrecord.gz").write_bytes(b"stale")  # a killed store's leftover
+    folder = transform_reuse.store(str(output), str(cache), "k1", ["acme", "neither"])
+    assert transform_reuse.find(str(cache), "k1") == folder
+    assert sorted(p.name for p in (Path(folder) / "transformed").iterdir()) == ["train-00000-of-00001.tfrecord.gz"]
 
 
 def _stored_file(path, start, n, dim=4):

@@ -31,8 +31,9 @@ def staged(args: argparse.Namespace):
         bottlenecks = fileio.localize_dir(str(args.bottlenecks))
         artifacts = str(args.artifacts)
         if fileio.is_remote(artifacts):
-            backbone = json.loads((Path(bottlenecks) / layout.BACKBONE).read_text())
-            name = backbone["version"].replace("@", "-")
+            from brandlens.backbones.artifact import BackboneFingerprint
+
+            name = BackboneFingerprint.from_json((Path(bottlenecks) / layout.BACKBONE).read_text()).directory_name
             artifacts = str(fileio.localize_dir(fileio.join(artifacts, name)).parent)
         if remote_output:
             scratch = Path(tempfile.mkdtemp(prefix="brandlens-train-"))

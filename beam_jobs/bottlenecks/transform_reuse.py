@@ -5,7 +5,7 @@ all are transformed), the backbone and the transform code. Its key hashes exactl
 the sorted SHA-256 of every example record (so shard order and count do not matter), the
 backbone version, the shard setting, the tensorflow-transform version and the source of
 the modules that define the step. A finished TFT output is copied under
-``<cache>/.transforms/<key>/`` with its label vocabulary written last; a rerun whose key
+``<cache>/.transforms/<key>/`` with a marker written last (label vocabulary and every file's SHA-256); a rerun whose key
 finds a complete copy restores it into the new output. A different input only ever
 misses (and runs TFT), it never reuses. Pure Python and Beam FileSystems: no TensorFlow
 import on the way.
@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import struct
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +27,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from brandlens import fileio
 from schemas import layout
+
+log = logging.getLogger(__name__)
 
 TRANSFORMS = ".transforms"  # hidden: beside the embedding cache, never read as part of it
 VOCABULARY_FILE = "vocabulary.json"  # written last: its presence marks a complete copy
@@ -85,25 +88,51 @@ def _mkdirs(path: str) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
 
 
+def _sha256(path: str) -> str:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def find(cache: str, key: str) -> str | None:
-    """The stored TFT output for ``key``, if a complete one exists."""
+    """The stored TFT output for ``key``, if a complete and undamaged one exists.
+
+    Every stored file's SHA-256 is in the marker; a missing or changed file (a damaged
+    cache, a copy cut short) is named in a warning and the entry ignored, so TFT runs again.
+    """
     folder = _folder(cache, key)
-    return folder if fileio.exists(f"{folder}/{VOCABULARY_FILE}") else None
+    marker = f"{folder}/{VOCABULARY_FILE}"
+    if not fileio.exists(marker):
+        return None
+    try:
+        files = json.loads(fileio.read_text(marker))["files"]
+        for name, digest in sorted(files.items()):
+            path = f"{folder}/{name}"
+            if not fileio.exists(path) or _sha256(path) != digest:
+                log.warning("stored transform output %s is damaged (%s differs from its record); analysing again",
+                            folder, name)
+                return None
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        log.warning("stored transform output %s is unreadable (%s); analysing again", folder, exc)
+        return None
+    return folder
 
 
 def restore(stored: str, output: str) -> list[str]:
     """Copy a stored TFT output into ``output`` (transform/ and transformed/); returns its label vocabulary."""
     for name in (layout.TRANSFORM, layout.TRANSFORMED):
         _copy_tree(f"{stored}/{name}", f"{output}/{name}")
-    return json.loads(fileio.read_text(f"{stored}/{VOCABULARY_FILE}"))
+    return json.loads(fileio.read_text(f"{stored}/{VOCABULARY_FILE}"))["vocabulary"]
 
 
 def store(output: str, cache: str, key: str, vocabulary: list[str]) -> str:
     """Keep this run's TFT output under its key (vocabulary last, so a half-written copy is never found)."""
     folder = _folder(cache, key)
-    if fileio.exists(f"{folder}/{VOCABULARY_FILE}"):
+    if find(cache, key):
         return folder
+    if fileio.list_files(f"{folder}/"):  # a damaged entry or a killed store's leftovers (maybe other shard names)
+        fileio.delete_tree(folder)
     for name in (layout.TRANSFORM, layout.TRANSFORMED):
         _copy_tree(f"{output}/{name}", f"{folder}/{name}")
-    fileio.write_text(f"{folder}/{VOCABULARY_FILE}", json.dumps(vocabulary))
+    files = {path[len(folder) + 1:]: _sha256(path) for path in fileio.list_files(f"{folder}/")}
+    fileio.write_text(f"{folder}/{VOCABULARY_FILE}", json.dumps({"vocabulary": vocabulary, "files": files}))
     return folder
