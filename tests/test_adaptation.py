@@ -178,3 +178,18 @@ def test_background_strips_lie_outside_every_logo_box():
     # union (80,10)-(130,60): left 80 px wide, right 70 px, top 10 px (too thin: skipped), bottom 40 px tall
     assert shapes == {"bg-v1-left": (100, 80), "bg-v1-right": (100, 70), "bg-v1-top": None, "bg-v1-bottom": (40, 200)}
     assert aug.variants("original", 0, (), background_boxes=[]) == [aug.Variant("original")]
+
+
+def test_cut_shape_from_the_architecture_and_bad_cuts_refused():
+    import dataclasses
+
+    from brandlens.backbones.artifact import BackboneFingerprint, cut_map_shape
+    from brandlens.errors import ConfigError
+
+    lite2 = BackboneFingerprint("efficientnet_lite2", 260, "", "", 1.0, 1280, "", "")
+    assert cut_map_shape(lite2, 19) == [9, 9, 208] and cut_map_shape(lite2, 1) == [130, 130, 16]
+    for cut in (0, 21):
+        with pytest.raises(ConfigError, match="cut must name a block"):
+            cut_map_shape(lite2, cut)
+    with pytest.raises(ConfigError, match="head only"):
+        cut_map_shape(dataclasses.replace(lite2, name="vgg16"), 5)

@@ -34,7 +34,7 @@ from beam_jobs.common.accounting import DEAD_LETTERED, READ, WRITTEN, nest_count
 from beam_jobs.common.inference import inference_metrics
 from beam_jobs.common.inputs import with_inferred_base_uri
 from brandlens import __version__, commit, fileio
-from brandlens.backbones.artifact import read_fingerprint, verify_weights
+from brandlens.backbones.artifact import cut_map_shape as cut_map_shape_of, read_fingerprint, verify_weights
 from brandlens.errors import BrandlensError, ConfigError
 from schemas import layout
 from schemas.bottleneck import LABEL_VOCABULARY, SPLITS
@@ -143,20 +143,6 @@ def _vocabulary(transform_dir: str) -> list[str]:
             for v in tft.TFTransformOutput(transform_dir).vocabulary_by_name(LABEL_VOCABULARY)]
 
 
-def _cut_map_shape(artifact_dir: str, cut: int | None) -> list[int] | None:
-    """The stored maps' shape, checked before anything runs (a cut must name a block of this backbone)."""
-    if cut is None:
-        return None
-    import numpy as np
-
-    from brandlens.backbones.artifact import load_backbone
-
-    backbone = load_backbone(artifact_dir)
-    backbone.check_cut(cut)
-    size = backbone.input_size
-    return list(backbone.run_with_cut(np.zeros((1, size, size, 3), np.float32), cut)["cut_map"].shape[1:])
-
-
 def summarise(counters: dict[str, int]) -> tuple[dict, dict, dict]:
     """(counts, labels per split, reconciliation) from the job's counters."""
     counts = nest_counts(counters)
@@ -180,7 +166,7 @@ def run(config: BottleneckConfig) -> dict:
     artifact_dir = str(config.backbone.materialize())
     fingerprint = read_fingerprint(artifact_dir)
     verify_weights(artifact_dir, fingerprint)  # here, so a tampered artifact fails in one line, not in every worker
-    cut_map_shape = _cut_map_shape(artifact_dir, config.cut)
+    cut_map_shape = None if config.cut is None else cut_map_shape_of(fingerprint, config.cut)  # checks the cut first
     run_id = new_run_id(started_at)
     final, config = config, dataclasses.replace(config, output=f"{config.output}/{commit.staging_name(run_id)}")
     with FileSystems.create(f"{config.output}/{layout.BACKBONE}") as f:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -231,6 +232,34 @@ def read_fingerprint(artifact_dir: str | Path) -> BackboneFingerprint:
     return fingerprint
 
 
+def lite_block_specs(name: str) -> list[tuple[int, int, int, int, int]]:
+    """Per block (kernel, stride, expand, in, out); only EfficientNet-Lite artifacts can be cut between blocks."""
+    if name not in OFFLINE_BACKBONES:
+        raise ConfigError(f"only the EfficientNet-Lite backbones ({', '.join(OFFLINE_BACKBONES)}) can be cut between "
+                          f"blocks; {name} trains its head only")
+    from brandlens.backbones import efficientnet_lite
+
+    return efficientnet_lite.block_specs(efficientnet_lite.VARIANTS[name])
+
+
+def check_cut(name: str, cut: int) -> int:
+    blocks = len(lite_block_specs(name))
+    if not 1 <= cut < blocks:
+        raise ConfigError(f"cut must name a block of {name}: 1..{blocks - 1} (the map entering that "
+                          f"block is stored and blocks cut..{blocks - 1} can be trained), got {cut}")
+    return cut
+
+
+def cut_map_shape(fingerprint: BackboneFingerprint, cut: int) -> list[int]:
+    """[h, w, c] of the map entering block ``cut``, from the architecture alone (TF 'SAME' padding: sides round up)."""
+    specs = lite_block_specs(fingerprint.name)
+    check_cut(fingerprint.name, cut)
+    side = math.ceil(fingerprint.input_size / 2)  # the stem's stride
+    for _, stride, _, _, _ in specs[:cut]:
+        side = math.ceil(side / stride)
+    return [side, side, specs[cut][3]]
+
+
 class Backbone:
     """A loaded backbone artifact: resize, embed and classify batches of RGB images."""
 
@@ -243,6 +272,7 @@ class Backbone:
         self._loaded = tf.saved_model.load(str(self.path / SAVED_MODEL_DIR))
         self._serve = self._loaded.signatures["serving_default"]
         self._normalized = self._loaded.signatures["normalized"]
+        self._cut_functions: dict = {}  # cut -> traced trunk-and-rest function, built on first use
 
     @property
     def input_size(self) -> int:
@@ -264,13 +294,7 @@ class Backbone:
 
     @property
     def block_specs(self) -> list[tuple[int, int, int, int, int]]:
-        """Per block (kernel, stride, expand, in, out); only EfficientNet-Lite artifacts can be cut between blocks."""
-        if self.fingerprint.name not in OFFLINE_BACKBONES:
-            raise ConfigError(f"only the EfficientNet-Lite backbones ({', '.join(OFFLINE_BACKBONES)}) can be cut between "
-                              f"blocks; {self.fingerprint.name} trains its head only")
-        from brandlens.backbones import efficientnet_lite
-
-        return efficientnet_lite.block_specs(efficientnet_lite.VARIANTS[self.fingerprint.name])
+        return lite_block_specs(self.fingerprint.name)
 
     @property
     def network(self):
@@ -278,11 +302,7 @@ class Backbone:
         return self._loaded.net
 
     def check_cut(self, cut: int) -> int:
-        blocks = len(self.block_specs)
-        if not 1 <= cut < blocks:
-            raise ConfigError(f"cut must name a block of {self.fingerprint.name}: 1..{blocks - 1} (the map entering that "
-                              f"block is stored and blocks cut..{blocks - 1} can be trained), got {cut}")
-        return cut
+        return check_cut(self.fingerprint.name, cut)
 
     def run_with_cut(self, images: np.ndarray, cut: int) -> dict[str, np.ndarray]:
         """Resized images -> {'embedding': [N, D], 'cut_map': [N, h, w, c]}: the map entering block ``cut`` too.
@@ -291,7 +311,7 @@ class Backbone:
         """
         import tensorflow as tf
 
-        fn = self._cut_functions.get(cut) if hasattr(self, "_cut_functions") else None
+        fn = self._cut_functions.get(cut)
         if fn is None:
             from brandlens.backbones import efficientnet_lite as lite
 
@@ -304,7 +324,7 @@ class Backbone:
                 final = lite.head_map(net, lite.run_blocks(net, trunk, specs, cut))
                 return {"embedding": tf.reduce_mean(final, axis=[1, 2]), "cut_map": trunk}
 
-            self._cut_functions = {**getattr(self, "_cut_functions", {}), cut: fn}
+            self._cut_functions[cut] = fn
         out = fn(tf.convert_to_tensor(images, tf.float32))
         return {k: v.numpy() for k, v in out.items()}
 
