@@ -356,13 +356,21 @@ def _shot(driver, name: str) -> Path:
 
 def _navigate(driver, element) -> None:
     """Click ``element`` and wait until the page it leads to has loaded."""
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = driver.find_element("tag name", "html")
+    # A marker on the old document's window: the new page's window lacks it. Element staleness is not used: while the
+    # document is being replaced Chromium may answer a check on the old node with an inspector error instead.
+    driver.execute_script("window.__brandlensOldPage = true")
     element.click()
-    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(old))
-    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+    def loaded(d) -> bool:
+        try:
+            return d.execute_script("return !window.__brandlensOldPage && document.readyState === 'complete'")
+        except WebDriverException:  # the page is being swapped: ask again
+            return False
+
+    WebDriverWait(driver, 60).until(loaded)
 
 
 def _images_loaded(driver) -> bool:
