@@ -16,7 +16,7 @@ from schemas import model as contract
 from tests.test_trainer_helpers import with_fixed_splits
 
 PARITY = 1e-5
-CUT = 15  # lite0 has blocks 0..15: the last one (320 channels) and the head convolution are trained
+CUT = 14  # lite0 has blocks 0..15: blocks 14 (7x7x192 in) and 15 (320 channels) and the head convolution are trained
 
 
 def _manifest(root: Path, per_label: int = 16) -> tuple[Path, Path]:
@@ -131,7 +131,28 @@ def test_training_changed_the_blocks_and_is_repeatable(cut_bottlenecks, artifact
     assert all(np.array_equal(a.weights.blocks[i][k][0], b.weights.blocks[i][k][0]) for i in a.weights.blocks for k in a.weights.blocks[i])
     original = load_backbone(locate_artifact(data.fingerprint, artifact_root)).network.blocks[CUT]["project"][0].numpy()
     assert not np.allclose(a.weights.blocks[CUT]["project"][0], original)  # the block was trained, not frozen
-    assert sorted(a.weights.blocks) == [CUT]
+    assert sorted(a.weights.blocks) == [CUT, CUT + 1]
+
+
+def test_train_from_freezes_the_blocks_between_the_cut_and_it(cut_bottlenecks, artifact_root):
+    from brandlens.backbones.artifact import load_backbone
+    from brandlens.errors import ConfigError
+    from trainer.config import HParams
+    from trainer.data import load_bottlenecks, locate_artifact
+    from trainer.train import blocks_for, fit
+
+    data = load_bottlenecks(cut_bottlenecks)
+    hp = HParams(adapt="blocks", steps=20, eval_every=10, learning_rate=0.003, patience=0, train_from=CUT + 1)
+    blocks = blocks_for(data, hp, artifact_root)
+    result = fit(data.splits["train"], data.splits["validation"], data.labels, hp, blocks)
+    network = load_backbone(locate_artifact(data.fingerprint, artifact_root)).network
+    for part, (kernel, bias) in result.weights.blocks[CUT].items():  # frozen: exported as the artifact has it
+        assert np.array_equal(kernel, network.blocks[CUT][part][0].numpy()), part
+        assert np.array_equal(bias, network.blocks[CUT][part][1].numpy()), part
+    assert not np.allclose(result.weights.blocks[CUT + 1]["project"][0], network.blocks[CUT + 1]["project"][0].numpy())
+    for bad in (CUT - 1, 16):
+        with pytest.raises(ConfigError, match="train-from"):
+            fit(data.splits["train"], data.splits["validation"], data.labels, hp.replace(train_from=bad), blocks)
 
 
 def test_head_adaptation_refuses_blocks_without_maps(sample_bottlenecks, artifact_root):

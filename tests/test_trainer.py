@@ -312,6 +312,8 @@ def test_grid_and_random_candidates():
     assert len(candidates(grid, HParams())) == 16
     drawn = candidates(grid, HParams(), random_count=5, seed=3)
     assert len(drawn) == 5 and drawn == candidates(grid, HParams(), random_count=5, seed=3)
+    depths = candidates(parse_grid(["adapt=head,blocks", "train_from=none,16,19"]), HParams())
+    assert [(hp.adapt, hp.train_from) for hp in depths] == [("head", None), ("blocks", None), ("blocks", 16), ("blocks", 19)]
     with pytest.raises(ConfigError):
         parse_grid(["momentum=0.9"])
     with pytest.raises(ConfigError):

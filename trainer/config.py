@@ -44,6 +44,7 @@ class HParams:
     block_learning_rate_scale: float = 0.1
     mirror_maps: bool = True
     calibrate: bool = True
+    train_from: int | None = None   # adapt=blocks: the first trained block (None: the bottlenecks' cut)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -62,6 +63,8 @@ class HParams:
             raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.adapt not in ADAPT_MODES:
             raise ConfigError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {self.adapt!r}")
+        if self.train_from is not None and self.train_from < 1:
+            raise ConfigError(f"train-from must be a block number >= 1, got {self.train_from}")
         if not self.block_learning_rate_scale > 0:
             raise ConfigError(f"block learning rate scale must be > 0, got {self.block_learning_rate_scale}")
         parse_class_weights(self.class_weights)
@@ -97,6 +100,9 @@ class HParams:
                             "(default %(default)s)")
         g.add_argument("--block-learning-rate-scale", type=float, default=d.block_learning_rate_scale,
                        help="--adapt blocks: the blocks' learning rate as a multiple of the head's (default %(default)s)")
+        g.add_argument("--train-from", type=int, default=None, metavar="BLOCK",
+                       help="--adapt blocks: the first block trained; the blocks between the bottlenecks' --cut and it run "
+                            "frozen (default: the cut). One set of maps serves every depth: --grid train_from=16,19")
         g.add_argument("--no-mirror-maps", action="store_true",
                        help="--adapt blocks: do not mirror the stored maps at random while training")
         g.add_argument("--no-calibrate", action="store_true",
@@ -108,7 +114,7 @@ class HParams:
                    args.l2, args.class_weights, args.patience, args.eval_every, args.seed,
                    getattr(args, "label_smoothing", 0.0), getattr(args, "adapt", "head"),
                    getattr(args, "block_learning_rate_scale", 0.1), not getattr(args, "no_mirror_maps", False),
-                   not getattr(args, "no_calibrate", False))
+                   not getattr(args, "no_calibrate", False), getattr(args, "train_from", None))
 
 
 def parse_class_weights(spec: str) -> str | dict[str, float]:

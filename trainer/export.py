@@ -192,8 +192,8 @@ def export_model(config, data, run, metrics: dict) -> dict:
             "bottleneck_summary": data.summary,
         },
         "adaptation": {"adapt": run.hparams.adapt, "cut": data.cut if weights.adapts_blocks else None,
-                       "trained": (f"blocks {data.cut}..{max(weights.blocks)}, the head convolution and the dense layer"
-                                   if weights.adapts_blocks else "the dense layer"),
+                       "trained": (f"blocks {run.hparams.train_from or data.cut}..{max(weights.blocks)}, the head "
+                                   "convolution and the dense layer" if weights.adapts_blocks else "the dense layer"),
                        "temperature": float(weights.temperature)},
         "hyperparameters": {**run.hparams.to_dict(), "class_weight_values": run.fit.class_weights,
                             "best_step": run.fit.best_step, "steps_run": run.fit.steps_run,

@@ -77,35 +77,39 @@ def build_head_model(dim: int, num_classes: int, l2: float, dropout: float, seed
 
 
 def build_blocks_model(network, specs, cut: int, map_shape, scale, shift, num_classes: int, l2: float, dropout: float,
-                       seed: int):
+                       seed: int, train_from: int | None = None):
     """Map entering block ``cut`` -> logits: the backbone's remaining blocks (weights from ``network``) and a new head.
 
-    Returns (model, names): ``names`` maps each trained layer to its place in the
+    Blocks ``cut .. train_from - 1`` run frozen (the artifact's weights), so maps
+    stored at one cut serve every adaptation depth from there on. Returns
+    (model, names): ``names`` maps each layer after the cut to its place in the
     backbone (``("block", i, part)`` or ``("conv_head",)``), for the export.
     """
+    train_from = cut if train_from is None else train_from
     import keras
 
     relu6 = lambda name: keras.layers.ReLU(max_value=6.0, name=name)  # noqa: E731
     inputs = keras.Input(tuple(map_shape), name="cut_map")
     x, names, layers = inputs, {}, []
 
-    def conv(filters, weights, name, where):
-        layer = keras.layers.Conv2D(filters, 1, padding="same", name=name)
+    def conv(filters, weights, name, where, trainable=True):
+        layer = keras.layers.Conv2D(filters, 1, padding="same", name=name, trainable=trainable)
         layers.append((layer, weights))
         names[name] = where
         return layer
 
     for i in range(cut, len(specs)):
         kernel, stride, expand, cin, cout = specs[i]
-        block = network.blocks[i]
+        block, trains = network.blocks[i], i >= train_from
         h = x
         if "expand" in block:
-            h = relu6(f"b{i}_expand_relu6")(conv(cin * expand, block["expand"], f"b{i}_expand", ("block", i, "expand"))(h))
-        dw = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", name=f"b{i}_depthwise")
+            h = relu6(f"b{i}_expand_relu6")(conv(cin * expand, block["expand"], f"b{i}_expand", ("block", i, "expand"),
+                                                  trains)(h))
+        dw = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", name=f"b{i}_depthwise", trainable=trains)
         layers.append((dw, block["depthwise"]))
         names[f"b{i}_depthwise"] = ("block", i, "depthwise")
         h = relu6(f"b{i}_dw_relu6")(dw(h))
-        h = conv(cout, block["project"], f"b{i}_project", ("block", i, "project"))(h)
+        h = conv(cout, block["project"], f"b{i}_project", ("block", i, "project"), trains)(h)
         x = keras.layers.Add(name=f"b{i}_residual")([h, x]) if stride == 1 and cin == cout else h
     x = relu6("head_relu6")(conv(int(network.head[0].shape[-1]), network.head, "conv_head", ("conv_head",))(x))
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)

@@ -33,6 +33,7 @@ from trainer.config import SELECT_BY, HParams, SearchConfig
 from schemas import bottleneck as bn
 from trainer import evaluate as ev
 from trainer.data import SplitData, load_bottlenecks
+from trainer.model import ADAPT_BLOCKS
 from trainer.train import blocks_for, fit, run_training
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ TABLE_CSV = "search.csv"
 TABLE_MD = "search.md"
 BEST_DIR = "best"
 COLUMNS = ("rank", "run", "validation_accuracy", "validation_cross_entropy",
-           "steps", "learning_rate", "optimizer", "batch_size", "l2", "dropout", "class_weights", "adapt", "data",
+           "steps", "learning_rate", "optimizer", "batch_size", "l2", "dropout", "class_weights", "adapt", "train_from", "data",
            "classification")
 CV_COLUMNS = ("cv_accuracy", "cv_accuracy_std", "cv_cross_entropy", "cv_cross_entropy_std")
 _FIELDS = {f.name: f for f in dataclasses.fields(HParams)}
@@ -142,7 +143,7 @@ def parse_grid(specs: list[str]) -> dict[str, list]:
         for raw in values.split(";" if name == "class_weights" else ","):
             raw = raw.strip()
             try:
-                if name == "steps" and raw.lower() == "none":
+                if "None" in str(kind) and raw.lower() == "none":
                     parsed.append(None)
                 elif "bool" in str(kind):
                     if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -161,12 +162,21 @@ def parse_grid(specs: list[str]) -> dict[str, list]:
 
 
 def candidates(grid: dict[str, list], base: HParams, random_count: int | None = None, seed: int = 0) -> list[HParams]:
-    """Every grid combination, or ``random_count`` of them drawn without replacement."""
+    """Every distinct grid combination, or ``random_count`` of them drawn without replacement.
+
+    Settings that only matter to adapted blocks (``train_from``) are dropped from
+    head-only points, so ``adapt=head,blocks`` x ``train_from=16,19`` is three runs.
+    """
     names = sorted(grid)
-    combos = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
-    if random_count is not None and random_count < len(combos):
-        combos = random.Random(seed).sample(combos, random_count)
-    return [base.replace(**combo) for combo in combos]
+    trials: list[HParams] = []
+    for values in itertools.product(*(grid[n] for n in names)):
+        hp = base.replace(**dict(zip(names, values)))
+        hp = hp if hp.adapt == ADAPT_BLOCKS else hp.replace(train_from=None)
+        if hp not in trials:
+            trials.append(hp)
+    if random_count is not None and random_count < len(trials):
+        trials = random.Random(seed).sample(trials, random_count)
+    return trials
 
 
 def _rank_key(row: dict, select_by: str, cv: int = 0):
@@ -206,7 +216,7 @@ def run_search(config: SearchConfig) -> list[dict]:
         rows.append({"run": f"r{i:03d}", "validation_accuracy": v["accuracy"], "validation_cross_entropy": v["cross_entropy"],
                      "steps": result.best_step, "learning_rate": hp.learning_rate, "optimizer": hp.optimizer,
                      "batch_size": hp.batch_size, "l2": hp.l2, "dropout": hp.dropout, "class_weights": hp.class_weights,
-                     "adapt": hp.adapt, "data": Path(data.root).name, "classification": data.classification, "hparams": hp,
+                     "adapt": hp.adapt, "train_from": hp.train_from, "data": Path(data.root).name, "classification": data.classification, "hparams": hp,
                      "fit": result})
         log.info("run %d/%d: validation cross-entropy %.4f, accuracy %.4f", i, len(trials), v["cross_entropy"], v["accuracy"])
         if config.cv:

@@ -83,6 +83,15 @@ def class_weight_vector(spec: str, labels: list[str], y: np.ndarray) -> np.ndarr
     return np.array([parsed.get(label, 1.0) for label in labels])
 
 
+def first_trained_block(blocks: Blocks, hp: HParams) -> int:
+    """``hp.train_from`` (or the cut), checked against the blocks the stored maps can reach."""
+    first = blocks.cut if hp.train_from is None else hp.train_from
+    if not blocks.cut <= first < len(blocks.specs):
+        raise ConfigError(f"train-from {first} must lie between the bottlenecks' cut {blocks.cut} and the last block "
+                          f"{len(blocks.specs) - 1}")
+    return first
+
+
 def _inputs(split: SplitData, blocks: Blocks | None) -> np.ndarray:
     if blocks is None:
         return split.x
@@ -119,7 +128,8 @@ def fit(train: SplitData, validation: SplitData, labels: list[str], hp: HParams,
         model, names = build_head_model(x_train.shape[1], num_classes, hp.l2, hp.dropout, hp.seed), None
     else:
         model, names = build_blocks_model(blocks.network, blocks.specs, blocks.cut, x_train.shape[1:], blocks.scale,
-                                          blocks.shift, num_classes, hp.l2, hp.dropout, hp.seed)
+                                          blocks.shift, num_classes, hp.l2, hp.dropout, hp.seed,
+                                          first_trained_block(blocks, hp))
     head_vars = list(model.get_layer("head").trainable_variables)
     head_ids = {id(v) for v in head_vars}
     block_vars = [v for v in model.trainable_variables if id(v) not in head_ids]
@@ -197,7 +207,7 @@ def fit(train: SplitData, validation: SplitData, labels: list[str], hp: HParams,
         val_logits = logits_of(x_val) if blocks is not None else np.asarray(x_val, np.float32) @ weights.kernel + weights.bias
         weights.temperature = fit_temperature(val_logits, validation.y)
     log.info("trained %s for %d steps (best validation cross-entropy %.4f at step %d%s; temperature %.3f)",
-             "blocks %d.. + head" % blocks.cut if blocks else "the head", step, best_ce, best_step,
+             "blocks %d.. + head" % first_trained_block(blocks, hp) if blocks else "the head", step, best_ce, best_step,
              ", stopped early" if stopped_early else "", weights.temperature)
     return FitResult(weights, history, best_step, step, stopped_early, dict(zip(labels, map(float, per_class))), logits_fn)
 
