@@ -441,3 +441,25 @@ def test_cv_search_ranks_by_cross_validation_and_adds_columns(bottlenecks, artif
         assert row["validation_cross_entropy"] == by_run[row["run"]]["validation_cross_entropy"]
     with pytest.raises(ConfigError):
         run_search(SearchConfig.from_args(build_parser().parse_args(argv + ["--output", str(tmp_path / "x"), "--cv", "1"])))
+
+
+def test_cv_search_chooses_the_threshold_on_out_of_fold_scores(bottlenecks, data, artifact_root, tmp_path):
+    from brandlens.cli import build_parser
+    from brandlens.metrics import choose_threshold
+    from trainer.search import pool_splits, run_search
+
+    out = tmp_path / "s"
+    argv = ["search", "--bottlenecks", str(bottlenecks), "--artifacts", str(artifact_root), "--steps", "40", "--grid",
+            "l2=0.01", "--cv", "3", "--target-precision", "0.9", "--verify-images", "0", "--output", str(out)]
+    rows = run_search(SearchConfig.from_args(build_parser().parse_args(argv)))
+    pool = pool_splits(data.splits["train"], data.splits["validation"])
+    oof = rows[0]["out_of_fold"]
+    originals = int(np.sum(pool.variant == "original"))
+    assert sorted(oof["rows"]) == sorted(np.flatnonzero(pool.variant == "original")) and len(oof["scores"]) == originals
+    chosen = json.loads((out / "best" / "metrics.json").read_text())["threshold"]
+    expected = choose_threshold(oof["scores"], pool.y[oof["rows"]], data.neither_index, 0.9)
+    assert chosen["threshold"] == expected["threshold"] and chosen["brand_recall"] == expected["brand_recall"]
+    assert chosen["chosen_on"] == f"3-fold out-of-fold scores of {originals} train+validation originals"
+    assert 0 <= chosen["brand_recall_without_threshold"] <= 1
+    card = json.loads((out / "best" / contract.MODEL_CARD).read_text())
+    assert card["threshold"] == chosen["threshold"] and card["metrics"]["threshold_selection"]["chosen_on"] == chosen["chosen_on"]

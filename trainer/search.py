@@ -130,6 +130,25 @@ def cross_validate(pool: SplitData, labels: list[str], hp: HParams,
             "cv_cross_entropy": float(np.mean(ce)), "cv_cross_entropy_std": float(np.std(ce))}
 
 
+def cv_threshold(row: dict, pool: SplitData, data, target_precision: float | None, k: int) -> dict | None:
+    """The brand threshold for ``target_precision`` chosen on a run's out-of-fold scores, with the recall it costs.
+
+    Every train+validation original is scored once by a model that did not train on
+    it, so the threshold rests on all of them rather than on the validation split
+    alone (a few dozen photos per brand). The answer also gives the out-of-fold brand
+    recall without any threshold, so the cost of the target reads off directly.
+    """
+    if target_precision is None:
+        return None
+    if data.neither_index is None:
+        raise ConfigError("--target-precision needs an open world (a 'neither' class in the data); this data is closed world")
+    scores, y = row["out_of_fold"]["scores"], pool.y[row["out_of_fold"]["rows"]]
+    threshold = ev.choose_threshold(scores, y, data.neither_index, target_precision)
+    argmax = ev.evaluate(scores, y, data.labels, data.neither_index)
+    return {**threshold, "chosen_on": f"{k}-fold out-of-fold scores of {len(y)} train+validation originals",
+            "brand_recall_without_threshold": argmax.get("brand_recall")}
+
+
 def parse_grid(specs: list[str]) -> dict[str, list]:
     """``['learning_rate=0.1,0.01', 'optimizer=sgd,adam']`` -> typed value lists per HParams field."""
     grid: dict[str, list] = {}
@@ -220,7 +239,8 @@ def run_search(config: SearchConfig) -> list[dict]:
                      "fit": result})
         log.info("run %d/%d: validation cross-entropy %.4f, accuracy %.4f", i, len(trials), v["cross_entropy"], v["accuracy"])
         if config.cv:
-            rows[-1].update(cross_validate(pool, data.labels, hp, folds, blocks))
+            rows[-1]["out_of_fold"] = {}
+            rows[-1].update(cross_validate(pool, data.labels, hp, folds, blocks, rows[-1]["out_of_fold"]))
             log.info("run %d/%d: %d-fold CV cross-entropy %.4f +- %.4f, accuracy %.4f +- %.4f", i, len(trials), config.cv,
                      rows[-1]["cv_cross_entropy"], rows[-1]["cv_cross_entropy_std"], rows[-1]["cv_accuracy"],
                      rows[-1]["cv_accuracy_std"])
@@ -228,10 +248,11 @@ def run_search(config: SearchConfig) -> list[dict]:
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     best = rows[0]
+    threshold = cv_threshold(best, pool, data, tc.target_precision, config.cv) if config.cv else None
     chosen = None
     if tc.export:
         chosen = run_training(dataclasses.replace(tc, output=output / BEST_DIR, hparams=best["hparams"], overwrite=True), data,
-                              best["fit"])
+                              best["fit"], threshold)
     output.mkdir(parents=True, exist_ok=True)
     write_tables(output, rows, config.select_by, config.cv, best["run"], chosen and chosen["test"])
     (output / "best_hparams.json").write_text(json.dumps({"run": best["run"], **best["hparams"].to_dict()}, indent=2))

@@ -240,19 +240,23 @@ def blocks_for(data: BottleneckData, hp: HParams, artifact_root) -> Blocks | Non
 
 
 def train_and_evaluate(data: BottleneckData, hp: HParams, target_precision: float | None = None,
-                       blocks: Blocks | None = None, fitted: FitResult | None = None) -> RunResult:
-    """Fit (unless ``fitted``, the same run done already), pick the threshold on validation, then score test once."""
+                       blocks: Blocks | None = None, fitted: FitResult | None = None,
+                       threshold: dict | None = None) -> RunResult:
+    """Fit (unless ``fitted``, the same run done already), pick the threshold on validation, then score test once.
+
+    ``threshold``: one chosen already (the search's, on cross-validated scores), used instead.
+    """
     if target_precision is not None and data.neither_label is None:
         raise ConfigError("--target-precision needs an open world (a 'neither' class in the data); this data is closed world")
     result = fitted or fit(data.splits["train"], data.splits["validation"], data.labels, hp, blocks)
     validation = data.splits["validation"]
     result_scores = {"validation": result.scores(validation)}
-    threshold = None
-    if target_precision is not None:
-        threshold = ev.choose_threshold(result_scores["validation"], validation.y, data.neither_index, target_precision)
-        if not threshold["reached"]:
-            log.warning("no threshold reaches brand precision %.3f on validation; using %.4f (precision %.3f)",
-                        target_precision, threshold["threshold"], threshold["precision"])
+    if threshold is None and target_precision is not None:
+        threshold = {**ev.choose_threshold(result_scores["validation"], validation.y, data.neither_index, target_precision),
+                     "chosen_on": f"validation ({len(validation)} images)"}
+    if threshold is not None and not threshold["reached"]:
+        log.warning("no threshold reaches brand precision %.3f on %s; using %.4f (precision %.3f)",
+                    threshold["target_precision"], threshold["chosen_on"], threshold["threshold"], threshold["precision"])
     run = RunResult(hp, result, threshold, result_scores)
     test = data.splits["test"]
     run.scores["test"] = result.scores(test)
@@ -309,11 +313,12 @@ def _prepare_output(output: Path, overwrite: bool) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
 
-def run_training(config: TrainConfig, data: BottleneckData | None = None, fitted: FitResult | None = None) -> dict:
+def run_training(config: TrainConfig, data: BottleneckData | None = None, fitted: FitResult | None = None,
+                 threshold: dict | None = None) -> dict:
     """The ``brandlens train`` command: returns what it wrote into metrics.json.
 
     ``fitted``: the search's own fit of these hyperparameters on this data (same seed, so the same weights),
-    which is then not trained again.
+    which is then not trained again. ``threshold``: the search's, chosen on cross-validated scores.
     """
     from trainer import report
 
@@ -327,7 +332,7 @@ def run_training(config: TrainConfig, data: BottleneckData | None = None, fitted
         artifact = locate_artifact(data.fingerprint, config.artifact_root)  # fail before training, not after
     _prepare_output(config.output, config.overwrite)
     run = train_and_evaluate(data, config.hparams, config.target_precision,
-                             None if fitted else blocks_for(data, config.hparams, config.artifact_root), fitted)
+                             None if fitted else blocks_for(data, config.hparams, config.artifact_root), fitted, threshold)
     metrics = {
         "labels": data.labels,
         "neither_label": data.neither_label,
