@@ -175,6 +175,10 @@ def test_temperature_calibrates_overconfident_logits():
     t = fit_temperature(logits * 6.0, y)  # ... but scaled to look sure: the temperature undoes the scaling
     assert 4.0 < t < 8.0 and fit_temperature(logits * 100.0, y) == pytest.approx(10.0)
     assert fit_temperature(logits, y) == pytest.approx(t / 6.0, rel=0.05)
+    separated = np.eye(3)[y] * 0.5  # every row right: no evidence of confidence either way, so no sharpening to T -> 0
+    assert fit_temperature(separated, y) == 1.0
+    separated[0] = np.roll(separated[0], 1)  # one error: a finite optimum exists again
+    assert 0.25 <= fit_temperature(separated, y) < 10.0
 
 
 def test_label_map_parsing():

@@ -153,10 +153,15 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """The temperature T minimising the cross-entropy of softmax(logits / T) on held-out rows (1-d search).
 
     Calibration changes no argmax; it makes a score mean what it says, so a
-    threshold chosen for a precision keeps its meaning across models.
+    threshold chosen for a precision keeps its meaning across models. Held-out
+    rows that the model gets all right carry no evidence of over- or
+    underconfidence (their cross-entropy only falls as T -> 0, which would make
+    every later error a certain one): then T stays 1.
     """
     logits = np.asarray(logits, np.float64)
     rows = np.arange(len(y))
+    if len(y) == 0 or np.all(logits.argmax(axis=1) == y):
+        return 1.0
 
     def nll(t: float) -> float:
         z = logits / t
