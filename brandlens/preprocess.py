@@ -50,6 +50,22 @@ def decode_side(size: int, crop_fraction: float, grid: int = 1, keep_fraction: f
     return int(math.ceil(margin * size * max(1, grid) / (crop_fraction * keep_fraction)))
 
 
+def tile_boxes(height: int, width: int, grid: int) -> list[tuple[int, int, int, int]]:
+    """``grid`` x ``grid`` tiles (top, left, bottom, right) that overlap by a quarter, covering the image.
+
+    The scoring job's multi-crop views and the bottleneck job's training tiles (``--tiles``) are these boxes.
+    """
+    if grid <= 1:
+        return []
+    boxes = []
+    tile_h, tile_w = height * 4 / (3 * grid + 1), width * 4 / (3 * grid + 1)
+    for row in range(grid):
+        for col in range(grid):
+            top, left = round(row * tile_h * 0.75), round(col * tile_w * 0.75)
+            boxes.append((top, left, min(height, round(top + tile_h)), min(width, round(left + tile_w))))
+    return boxes
+
+
 def _central(image, fraction_h, fraction_w):
     import tensorflow as tf
 

@@ -205,6 +205,17 @@ def test_background_strips_lie_outside_every_logo_box():
     assert aug.variants("original", 0, (), background_boxes=[]) == [aug.Variant("original")]
 
 
+def test_tiles_are_the_scoring_jobs_multi_crop_views():
+    from beam_jobs.bottlenecks import augment as aug
+    from beam_jobs.scoring.rows import views
+
+    rgb = np.random.default_rng(0).integers(0, 255, (90, 160, 3), np.uint8)
+    tiles = [v for v in aug.variants("original", 0, (), tiles=3) if v.kind == aug.TILE]
+    assert [v.name for v in tiles] == [f"tile-v1-g3-{i}" for i in range(9)]
+    assert all(np.array_equal(aug.render(rgb, "h", v), view) for v, view in zip(tiles, views(rgb, 3)[1:]))
+    assert aug.variants("original", 0, (), tiles=0) == aug.variants("original", 0, (), tiles=1) == [aug.Variant("original")]
+
+
 def test_cut_shape_from_the_architecture_and_bad_cuts_refused():
     import dataclasses
 

@@ -106,7 +106,7 @@ EXPECTED_DEAD = {"empty", "truncated", "not_an_image", "missing_file", "missing_
 @pytest.fixture(scope="module")
 def first_run(archive, artifact_root, lite0_artifact):
     tmp, manifest, _ = archive
-    config = _config(tmp, manifest, "run1", artifact_root, labels=LABELS, augment=2, logo_crops=True, max_bytes=200_000)
+    config = _config(tmp, manifest, "run1", artifact_root, labels=LABELS, augment=2, logo_crops=True, tiles=2, max_bytes=200_000)
     return config, run(config)
 
 
@@ -155,6 +155,10 @@ def test_examples_follow_the_schema_and_keep_a_duplicate_in_one_split(archive, f
     assert sorted(r.variant for r in train if r.variant.startswith("aug-")) == sorted(["aug-v1-1", "aug-v1-2"] * len(train_originals))
     logo = [r for r in train if r.variant.startswith("logo-")]
     assert len(logo) == 1 and logo[0].uri == str(tmp / rows[1]["uri"])
+    tiles = [r for r in train if r.variant.startswith("tile-")]  # every training photo but the one with a logo box
+    without_box = [r for r in train_originals if r.uri != logo[0].uri]
+    assert sorted((r.content_hash, r.variant, r.label) for r in tiles) == sorted(
+        (o.content_hash, f"tile-v1-g2-{i}", o.label) for o in without_box for i in range(4))
     assert all(r.variant == "original" for s in ("validation", "test") for r in examples[s])
     assert not np.allclose(train_originals[0].embedding, next(r.embedding for r in train if r.variant == "aug-v1-1"
                                                                and r.content_hash == train_originals[0].content_hash))
@@ -225,7 +229,7 @@ def test_a_rerun_embeds_only_new_images(archive, first_run, artifact_root, lite0
     before = cache_files()
     assert len(before) == 1
 
-    same = _config(tmp, manifest, "run2", artifact_root, labels=LABELS, augment=2, logo_crops=True, max_bytes=200_000)
+    same = _config(tmp, manifest, "run2", artifact_root, labels=LABELS, augment=2, logo_crops=True, tiles=2, max_bytes=200_000)
     counts = _run_embedding_only(same, lite0_artifact, "rerun")
     assert counts["cnn_images"] == 0 and counts["cnn_embeddings"] == 0
     assert counts["cache_hits"] == sum(summary["counts"]["examples"].values())
@@ -236,7 +240,7 @@ def test_a_rerun_embeds_only_new_images(archive, first_run, artifact_root, lite0
     new_rows = [{"uri": f"more/{r['uri']}", "label": r["label"], "split": "validation"} for r in csv.DictReader(open(more.manifest))]
     grown = _write_manifest(tmp / "grown.csv", rows + new_rows)
     counts = _run_embedding_only(
-        _config(tmp, grown, "run3", artifact_root, labels=LABELS, augment=2, logo_crops=True, max_bytes=200_000),
+        _config(tmp, grown, "run3", artifact_root, labels=LABELS, augment=2, logo_crops=True, tiles=2, max_bytes=200_000),
         lite0_artifact, "grown")
     assert counts["cnn_images"] == 2 and counts["cnn_embeddings"] == 2
     assert counts["written"]["validation"] == summary["counts"]["written"]["validation"] + 2

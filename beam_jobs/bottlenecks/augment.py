@@ -15,10 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from beam_jobs.bottlenecks.labels import Box
+from brandlens.preprocess import tile_boxes
 
 AUGMENT_VERSION = "v1"
 LOGO_VERSION = "v1"
 BACKGROUND_VERSION = "v1"
+TILE_VERSION = "v1"
 BACKGROUND_SIDES = ("left", "right", "top", "bottom")
 # A background strip must keep this share of the image's side across it and of its area, else it is skipped:
 # thin slivers say nothing about a photo without the logo.
@@ -36,6 +38,7 @@ ORIGINAL = "original"
 AUGMENTED = "augmented"
 LOGO = "logo"
 BACKGROUND = "background"  # a strip of a logo photo outside all its logo boxes: an in-domain photo without the brand
+TILE = "tile"              # one of the scoring job's multi-crop tiles, labelled as its photo
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Variant:
     kind: str = ORIGINAL
     index: int = 0
     box: Box | None = None
+    grid: int = 0  # tiles: the grid per side
 
 
 def _number(value: float) -> str:
@@ -64,18 +68,26 @@ def background_variant_name(side: str) -> str:
     return f"bg-{BACKGROUND_VERSION}-{side}"
 
 
+def tile_variant_name(grid: int, index: int) -> str:
+    return f"tile-{TILE_VERSION}-g{grid}-{index}"
+
+
 def variants(original_name: str, augment_count: int = 0, boxes=(), margin: float = DEFAULT_LOGO_MARGIN,
-             background_boxes=()) -> list[Variant]:
-    """The original, ``augment_count`` augmentations, one logo crop per box, then the background strips.
+             background_boxes=(), tiles: int = 0) -> list[Variant]:
+    """The original, ``augment_count`` augmentations, one logo crop per box, the background strips, then the tiles.
 
     ``background_boxes`` are all logo boxes of the image: each strip beside their union is a candidate.
+    ``tiles``: the ``tiles`` x ``tiles`` multi-crop tiles, for a photo whose label holds for every part of it
+    (the caller gives none for photos with logo boxes: their logo crops and strips say where the brand is).
     """
     union = _union(background_boxes)
     return ([Variant(original_name)]
             + [Variant(augment_variant_name(i), AUGMENTED, index=i) for i in range(1, augment_count + 1)]
             + [Variant(logo_variant_name(box, margin), LOGO, box=tuple(box)) for box in boxes]
             + ([Variant(background_variant_name(side), BACKGROUND, index=i, box=union)
-                for i, side in enumerate(BACKGROUND_SIDES)] if union else []))
+                for i, side in enumerate(BACKGROUND_SIDES)] if union else [])
+            + ([Variant(tile_variant_name(tiles, i), TILE, index=i, grid=tiles) for i in range(tiles * tiles)]
+               if tiles > 1 else []))
 
 
 def _union(boxes) -> Box | None:
@@ -130,6 +142,9 @@ def render(rgb: np.ndarray, content_hash: str, variant: Variant, margin: float =
         return augment(rgb, _rng(content_hash, variant.index))
     if variant.kind == LOGO:
         return crop_logo(rgb, variant.box, margin)
+    if variant.kind == TILE:
+        top, left, bottom, right = tile_boxes(rgb.shape[0], rgb.shape[1], variant.grid)[variant.index]
+        return np.ascontiguousarray(rgb[top:bottom, left:right])
     return rgb
 
 

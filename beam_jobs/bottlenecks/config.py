@@ -68,6 +68,7 @@ class BottleneckConfig:
     logo_margin: float = DEFAULT_LOGO_MARGIN
     background_crops: bool = False  # strips of logo photos outside their boxes, as background_label examples
     background_label: str = "neither"
+    tiles: int = 0  # the scoring job's multi-crop tiles (grid per side) of training photos without logo boxes
     label_map: tuple[tuple[str, str], ...] = ()  # (from, to): labels renamed before --labels is checked
     cut: int | None = None  # also store the backbone's map entering this block (for the trainer's --adapt blocks)
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -102,6 +103,8 @@ class BottleneckConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.logo_margin < 0:
             raise ConfigError(f"logo margin must be >= 0, got {self.logo_margin}")
+        if self.tiles and not 2 <= self.tiles <= 4:
+            raise ConfigError(f"tiles must be 0 (off) or a grid of 2 to 4 per side, as the scoring job's --multi-crop; got {self.tiles}")
         if self.cut is not None and self.cut < 1:
             raise ConfigError(f"cut must be a block number >= 1, got {self.cut}")
         try:
@@ -145,6 +148,10 @@ class BottleneckConfig:
                           help="training photos with logo boxes also give their strips outside every box (left, right, "
                                "top, bottom; each >= 30%% across and 15%% of the area) as --background-label examples: "
                                "photos without the brand from the same source as the brand photos")
+        data.add_argument("--tiles", type=int, default=0, metavar="N",
+                          help="also train on the N x N overlapping tiles that the scoring job's --multi-crop N scores, of "
+                               "every training photo without logo boxes, labelled as the photo: tiles of 'neither' photos "
+                               "teach the model that a part of an everyday photo is no brand (default 0: off)")
         data.add_argument("--background-label", default="neither",
                           help="label of the background strips (default %(default)s: the open-world class)")
         data.add_argument("--logo-margin", type=float, default=DEFAULT_LOGO_MARGIN,
@@ -173,7 +180,7 @@ class BottleneckConfig:
             input=args.input, output=args.output, input_format=args.input_format, base_uri=args.base_uri,
             uri_column=args.uri_column, labels=args.labels, split_fractions=args.splits, augment=args.augment,
             logo_crops=args.logo_crops, logo_margin=args.logo_margin, background_crops=args.background_crops,
-            background_label=args.background_label, label_map=_label_map_arg(args.label_map),
+            background_label=args.background_label, tiles=args.tiles, label_map=_label_map_arg(args.label_map),
             cut=args.cut, batch_size=args.batch_size, cache=args.cache,
             use_cache=not args.no_cache, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
             num_shards=args.num_shards, overwrite=args.overwrite, progress_interval=args.progress_interval,
@@ -187,7 +194,7 @@ class BottleneckConfig:
             "uri_column": self.uri_column,
             "labels": list(self.labels), "split_fractions": list(self.split_fractions), "augment": self.augment,
             "logo_crops": self.logo_crops, "logo_margin": self.logo_margin,
-            "background_crops": self.background_crops, "background_label": self.background_label, "batch_size": self.batch_size,
+            "background_crops": self.background_crops, "background_label": self.background_label, "tiles": self.tiles, "batch_size": self.batch_size,
             "label_map": dict(self.label_map), "cut": self.cut,
             "cache": self.cache if self.use_cache else None, "max_bytes": self.max_bytes, "max_pixels": self.max_pixels,
             "runner": self.runner.runner, "backbone": self.backbone.name,

@@ -114,8 +114,10 @@ class _HashAndLabelDoFn(beam.DoFn):
 class _PlanDoFn(beam.DoFn):
     """Per distinct image: keep one record, reuse cached variants, send the rest to the CNN."""
 
-    def __init__(self, config: BottleneckConfig, backbone: str, min_side: int | None = None):
+    def __init__(self, config: BottleneckConfig, backbone: str, min_side: int | None = None, tile_min_side: int | None = None):
         self._min_side = min_side  # decode JPEGs at the scoring job's reduced scale; boxes (logos, backgrounds) need full size
+        self._tile_min_side = tile_min_side  # tiles: the scale the scoring job's multi-crop decodes at
+        self._tiles = config.tiles
         self._augment = config.augment
         self._logo_crops = config.logo_crops
         self._background_label = config.background_label if config.background_crops else None
@@ -129,7 +131,7 @@ class _PlanDoFn(beam.DoFn):
         if split != "train":
             return aug.variants(ORIGINAL_VARIANT)
         return aug.variants(ORIGINAL_VARIANT, self._augment, boxes if self._logo_crops else (), self._logo_margin,
-                            boxes if self._background_label else ())
+                            boxes if self._background_label else (), 0 if boxes else self._tiles)
 
     def process(self, element):
         digest, group = element
@@ -149,7 +151,10 @@ class _PlanDoFn(beam.DoFn):
 
         requests = []
         if missing:
-            min_side = None if any(v.kind in (aug.LOGO, aug.BACKGROUND) for v in missing) else self._min_side
+            kinds = {v.kind for v in missing}
+            min_side = (None if kinds & {aug.LOGO, aug.BACKGROUND} else
+                        max(self._min_side, self._tile_min_side) if aug.TILE in kinds and self._min_side and self._tile_min_side
+                        else self._min_side)
             rgb = self._read_again(kept, digest) if data is None else ImageRecord(kept.uri, kept.record_id, data=data)
             if isinstance(rgb, ImageRecord):
                 rgb = decode(rgb, self._max_pixels, min_side)
@@ -279,7 +284,8 @@ def build_pipeline(pipeline, config: BottleneckConfig, artifact_dir: str, finger
     planned = (
         {"candidates": hashed["candidates"], "cache": cached}
         | "JoinCache" >> beam.CoGroupByKey()
-        | "Plan" >> beam.ParDo(_PlanDoFn(config, backbone, decode_side(fingerprint.input_size, fingerprint.crop_fraction))).with_outputs(REQUESTS_TAG, DEAD_LETTER_TAG, main="ready")
+        | "Plan" >> beam.ParDo(_PlanDoFn(config, backbone, decode_side(fingerprint.input_size, fingerprint.crop_fraction),
+                                         decode_side(fingerprint.input_size, 1.0, config.tiles))).with_outputs(REQUESTS_TAG, DEAD_LETTER_TAG, main="ready")
     )
     embedded = planned[REQUESTS_TAG] | "Embed" >> EmbedImages(
         artifact_dir, config.batch_size, NAMESPACE, config.progress_interval, cut=config.cut)

@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from brandlens import evidence
+from brandlens.preprocess import tile_boxes
 from schemas import scores as schema
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -49,19 +50,6 @@ def partition_of(value: str | None, run_date: dt.date) -> str:
     if not _DATE.match(text):  # fromisoformat also takes week dates and compact forms
         raise BadPost(f"date {value!r} is not an ISO date or timestamp")
     return (stamp.astimezone(dt.timezone.utc) if stamp.tzinfo else stamp).date().isoformat()
-
-
-def tile_boxes(height: int, width: int, grid: int) -> list[tuple[int, int, int, int]]:
-    """``grid`` x ``grid`` tiles (top, left, bottom, right) that overlap by a quarter, covering the image."""
-    if grid <= 1:
-        return []
-    boxes = []
-    tile_h, tile_w = height * 4 / (3 * grid + 1), width * 4 / (3 * grid + 1)
-    for row in range(grid):
-        for col in range(grid):
-            top, left = round(row * tile_h * 0.75), round(col * tile_w * 0.75)
-            boxes.append((top, left, min(height, round(top + tile_h)), min(width, round(left + tile_w))))
-    return boxes
 
 
 def views(rgb: np.ndarray, grid: int) -> list[np.ndarray]:
