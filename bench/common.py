@@ -101,6 +101,7 @@ class Features:
     logo_crops: bool = False              # flickrlogos27 only: boxes from the annotation file
     cut: int | None = None                # store the maps entering this block (the trainer's --adapt blocks)
     background_crops: bool = False        # flickrlogos27 only: strips outside the logo boxes as 'neither'
+    tiles: int = 0                        # multi-crop tiles of training photos without logo boxes (--tiles)
 
     @property
     def tag(self) -> str:
@@ -111,6 +112,8 @@ class Features:
             parts.append(f"cut{self.cut}")
         if self.background_crops:
             parts.append("bg")
+        if self.tiles:
+            parts.append(f"tiles{self.tiles}")
         if self.augment:
             parts.append(f"aug{self.augment}")
         if self.logo_crops:
@@ -130,6 +133,8 @@ class Features:
             bits.append(f"maps at block {self.cut}")
         if self.background_crops:
             bits.append("background strips as neither")
+        if self.tiles:
+            bits.append(f"{self.tiles}x{self.tiles} tiles of photos without boxes")
         return ", ".join(bits)
 
 
@@ -178,7 +183,7 @@ def run_bottlenecks(work: Path, name: str, features: Features, artifact_root: Pa
     config = BottleneckConfig(
         input=str(source), output=str(output), base_uri=str(SHARED_DATA), augment=features.augment,
         logo_crops=features.logo_crops and name == LOGO_MANIFEST, batch_size=batch_size, cut=features.cut,
-        label_map=label_map, background_crops=features.background_crops and name == LOGO_MANIFEST,
+        label_map=label_map, background_crops=features.background_crops and name == LOGO_MANIFEST, tiles=features.tiles,
         cache=str(work / "embedding-cache"), overwrite=True,
         backbone=BackboneConfig(features.backbone, artifact_root or default_artifact_root(), None,
                                 features.crop_fraction, features.resize_mode))

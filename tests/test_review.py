@@ -577,6 +577,26 @@ def test_live_scores_draw_boxes_and_maps_when_the_model_returns_them():
     assert heat.shape == (4, 4) and heat[1, 2] == 5
 
 
+def test_live_boxes_and_heat_lie_where_the_models_input_lies_in_the_photo():
+    """A centre crop of a 200x100 photo is its middle 100x100 square: the input frame is not the photo's."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from brandlens.evidence import input_box_to_image, input_window
+    from brandlens.review.images import heatmap_png
+    from brandlens.review.scorer import _boxes
+
+    to_photo = lambda boxes: input_box_to_image(boxes, 100, 200, 1.0, "center_crop")  # noqa: E731
+    whole = _boxes({"box": np.array([[0.0, 0.0, 1.0, 1.0]])}, ["acme"], np.array([1.0]), "acme", to_photo)[0]
+    assert (whole["left"], whole["top"], whole["width"], whole["height"]) == (25.0, 0.0, 50.0, 100.0)
+    left, top, side_x, side_y = input_window(100, 200, 1.0, "center_crop")
+    png = heatmap_png(np.ones((4, 4)) * np.arange(4), (200, 100), (left / 200, top / 100, side_x / 200, side_y / 100))
+    alpha = np.asarray(Image.open(io.BytesIO(png)))[..., 3]
+    assert alpha.shape == (100, 200) and not alpha[:, :50].any() and not alpha[:, 150:].any() and alpha[:, 50:150].any()
+
+
 def test_review_status_filters_and_the_corrections_command(archive, tmp_path, capsys):
     from brandlens.cli import main
 

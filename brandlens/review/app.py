@@ -240,7 +240,7 @@ def create_app(config: ReviewConfig) -> FastAPI:
             height, width = rgb.shape[:2]
             scale = 768 / max(height, width)
             size = (max(1, round(width * min(scale, 1))), max(1, round(height * min(scale, 1))))
-            heat = base64.b64encode(images.heatmap_png(result.heatmap, size)).decode()
+            heat = base64.b64encode(images.heatmap_png(result.heatmap, size, result.window)).decode()
         return page(request, "try.html", {**context, "preview": preview, "name": upload.filename, "result": result,
                                           "heat": heat})
 

@@ -125,8 +125,12 @@ def overlays(row: dict) -> list[dict]:
             for label, score, b in found]
 
 
-def heatmap_png(evidence: np.ndarray, size: tuple[int, int]) -> bytes:
-    """A translucent heat map (evidence HxW, any range) as a PNG of ``size`` (width, height)."""
+def heatmap_png(evidence: np.ndarray, size: tuple[int, int], window: tuple[float, float, float, float] | None = None) -> bytes:
+    """A translucent heat map (evidence HxW, any range) as a PNG of ``size`` (width, height).
+
+    ``window``: where the evidence lies in the picture (left, top, width, height as fractions of it: the model's
+    input within the photo); the rest stays clear.
+    """
     from matplotlib import colormaps
 
     e = np.asarray(evidence, np.float64)
@@ -134,7 +138,13 @@ def heatmap_png(evidence: np.ndarray, size: tuple[int, int]) -> bytes:
     e = (e - e.min()) / span if span > 0 else np.zeros_like(e)
     rgba = (colormaps["inferno"](e) * 255).astype(np.uint8)
     rgba[..., 3] = (e * 160).astype(np.uint8)
-    image = Image.fromarray(rgba, "RGBA").resize(size, Image.Resampling.BILINEAR)
+    left, top, wide, high = window or (0.0, 0.0, 1.0, 1.0)
+    inner = (max(1, round(wide * size[0])), max(1, round(high * size[1])))
+    image = Image.fromarray(rgba, "RGBA").resize(inner, Image.Resampling.BILINEAR)
+    if inner != tuple(size) or left or top:
+        canvas = Image.new("RGBA", tuple(size), (0, 0, 0, 0))
+        canvas.paste(image, (round(left * size[0]), round(top * size[1])))  # a window past the photo (pad) is clipped
+        image = canvas
     buf = io.BytesIO()
     image.save(buf, "PNG")
     return buf.getvalue()

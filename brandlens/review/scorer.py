@@ -26,7 +26,8 @@ class LiveScore:
     confidence: float
     scores: list[tuple[str, float]]           # highest first
     boxes: list[dict] = field(default_factory=list)  # as images.overlays gives them
-    heatmap: np.ndarray | None = None         # evidence of the top brand, HxW
+    heatmap: np.ndarray | None = None         # evidence of the top brand, HxW, over the model's input
+    window: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)  # that input in the photo: left, top, width, height (0-1)
 
 
 def read_card(model_dir: Path) -> dict:
@@ -59,10 +60,15 @@ class LiveModel:
     def score(self, rgb: np.ndarray) -> LiveScore:
         import tensorflow as tf
 
+        from brandlens.evidence import input_box_to_image, input_window
         from brandlens.preprocess import prepare
 
         backbone = self.card["backbone"]
-        image = prepare(rgb, backbone["input_size"], backbone["crop_fraction"], backbone.get("resize_mode", "center_crop"))
+        crop, mode = backbone["crop_fraction"], backbone.get("resize_mode", "center_crop")
+        image = prepare(rgb, backbone["input_size"], crop, mode)
+        height, width = rgb.shape[:2]
+        left, top, side_x, side_y = input_window(height, width, crop, mode)
+        to_photo = lambda boxes: input_box_to_image(boxes, height, width, crop, mode)  # noqa: E731
         out = {k: v.numpy() for k, v in self._load()(**{contract.INPUT_IMAGES: tf.constant(image[None])}).items()}
         labels = list(self.card["labels"])
         row = out[contract.OUT_SCORES][0]
@@ -70,16 +76,23 @@ class LiveModel:
         label = out[contract.OUT_LABEL][0]
         label = label.decode("utf-8") if isinstance(label, bytes) else str(label)
         return LiveScore(label, float(out[contract.OUT_CONFIDENCE][0]), [(labels[j], float(row[j])) for j in order],
-                         _boxes(out, labels, row, label), _heatmap(out, labels, row, self.card.get("neither_label")))
+                         _boxes(out, labels, row, label, to_photo), _heatmap(out, labels, row, self.card.get("neither_label")),
+                         (left / width, top / height, side_x / width, side_y / height))
 
 
-def _boxes(out: dict, labels: list[str], scores: np.ndarray, label: str) -> list[dict]:
-    """Boxes from any output named like a box: [1, 4] (the top brand's) or [1, C, 4] (one per label)."""
+def _boxes(out: dict, labels: list[str], scores: np.ndarray, label: str, to_photo=None) -> list[dict]:
+    """Boxes from any output named like a box: [1, 4] (the top brand's) or [1, C, 4] (one per label).
+
+    The model's boxes are in its input's frame; ``to_photo`` maps them onto the uploaded photo
+    (which a centre crop or padding made differ from it), as the scoring job does for its rows.
+    """
     from brandlens.review.images import overlays
 
     for name, value in sorted(out.items()):
         if "box" not in name.lower() or value.ndim < 2 or value.shape[-1] != 4:
             continue
+        if to_photo is not None:
+            value = to_photo(value)
         if value.ndim == 2:
             return overlays({"box": value[0].tolist(), "label": label, "confidence": float(scores.max())})
         if value.ndim == 3 and value.shape[1] == len(labels):
