@@ -116,6 +116,41 @@ def test_adapted_blocks_export_serves_the_evaluated_scores(adapted_model, cut_bo
     assert [v.decode() for v in out[contract.OUT_LABEL].numpy()] == [r["predicted"] for r in rows]
 
 
+def test_the_scoring_job_scores_an_adapted_export_as_evaluated(adapted_model, cut_bottlenecks, tmp_path):
+    """An export without head/ passes the model-card check (asked through serving/) and scores as the trainer said."""
+    import csv
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from brandlens.cli import main
+    from brandlens.errors import ArtifactError
+    from beam_jobs.scoring.job import checked_card
+    from trainer.train import read_predictions
+
+    rows, labels = read_predictions(adapted_model / "test_predictions.csv")
+    posts = tmp_path / "posts.csv"
+    with open(posts, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["post_id", "image_uri"])
+        writer.writerows([f"p{i}", r["uri"]] for i, r in enumerate(rows))
+    assert main(["score", "--input", str(posts), "--model", str(adapted_model), "--output", str(tmp_path / "archive")]) == 0
+    table = pq.read_table(str(tmp_path / "archive" / "scores"), partitioning="hive").to_pylist()
+    by_post = {r["post_id"]: r for r in table}
+    assert len(by_post) == len(rows)
+    for i, r in enumerate(rows):
+        assert by_post[f"p{i}"]["label"] == r["predicted"]
+        assert abs(by_post[f"p{i}"][f"score_{labels[0]}"] - float(r[f"score:{labels[0]}"])) < 1e-4
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(adapted_model, tampered)
+    card = json.loads((tampered / contract.MODEL_CARD).read_text())
+    card["labels"] = list(reversed(card["labels"]))
+    (tampered / contract.MODEL_CARD).write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="labels"):
+        checked_card(str(tampered))
+
+
 def test_training_changed_the_blocks_and_is_repeatable(cut_bottlenecks, artifact_root):
     from brandlens.backbones.artifact import load_backbone
     from trainer.config import HParams
