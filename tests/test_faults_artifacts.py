@@ -68,6 +68,17 @@ def test_a_card_that_does_not_match_its_model_is_refused(card_copy, name, edit, 
     kind(f"model card: {name}", "refused, one line")
 
 
+def test_predict_refuses_a_card_that_does_not_match_its_model(card_copy, sample_bottlenecks, capsys):
+    from brandlens.cli import main
+
+    photo = sorted((sample_bottlenecks.parent / "sample" / "images").rglob("*.jpg"))[0]
+    tampered = card_copy(lambda c: c.update(labels=list(reversed(c["labels"]))))
+    assert main(["predict", str(tampered), str(photo)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not match its SavedModel" in err and "\n" not in err
+    kind("model card: predict with a reordered card", "refused, one line")
+
+
 # --- backbone weights (12.11) ------------------------------------------------------------------
 
 def test_backbone_with_other_weights_under_the_same_fingerprint_is_refused(lite0_artifact, tmp_path, monkeypatch):

@@ -68,7 +68,11 @@ def predict(model_dir: Path, paths: list[Path], batch_size: int = 32, explain: P
     from brandlens.imaging import ImageDecodeError, decode_image
     from brandlens.preprocess import prepare
 
+    from brandlens.model_check import verify_export
+
     card = read_model_card(model_dir)
+    verify_export(str(model_dir), card["labels"], card.get("neither_label"), card.get("threshold"), card["version_id"],
+                  card["backbone"].get("embedding_dim"))  # a card beside another model would name the wrong labels
     size, crop = card["backbone"]["input_size"], card["backbone"]["crop_fraction"]
     resize_mode = card["backbone"].get("resize_mode", "center_crop")
     score = tf.saved_model.load(str(Path(model_dir) / contract.SERVING_DIR)).signatures[contract.SIG_IMAGES]
