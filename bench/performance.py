@@ -335,7 +335,7 @@ def write_stored_embeddings(folder: Path, n: int, dim: int, labels: list[str], s
     from schemas import scores as schema
 
     stamp = folder / "stamp.json"
-    wanted = json.dumps({"n": n, "dim": dim, "labels": labels, "seed": seed, "rows_per_file": rows_per_file, "v": 2})
+    wanted = json.dumps({"n": n, "dim": dim, "labels": labels, "seed": seed, "rows_per_file": rows_per_file, "v": 3})
     if stamp.is_file() and stamp.read_text() == wanted:
         return folder / "scores"
     shutil.rmtree(folder, ignore_errors=True)
@@ -356,6 +356,9 @@ def write_stored_embeddings(folder: Path, n: int, dim: int, labels: list[str], s
             schema.BRAND_FOUND: [labels[j] != "neither" for j in scores.argmax(1)],
             schema.MODEL_VERSION: ["old-model"] * m, schema.BACKBONE: ["efficientnet_lite2@bench"] * m,
             schema.SCORED_AT: [scored_at] * m,
+            schema.BRANDS: [[{"label": labels[j], "score": float(s), "box": [0.1, 0.1, 0.5, 0.5], "area": 0.16}]
+                            if labels[j] != "neither" else [] for j, s in zip(scores.argmax(1), scores.max(1))],
+            schema.BOX: [[0.1, 0.1, 0.5, 0.5] if labels[j] != "neither" else None for j in scores.argmax(1)],
         }
         for j, label in enumerate(labels):
             cols[schema.score_column(label)] = scores[:, j]

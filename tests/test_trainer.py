@@ -463,3 +463,32 @@ def test_cv_search_chooses_the_threshold_on_out_of_fold_scores(bottlenecks, data
     assert 0 <= chosen["brand_recall_without_threshold"] <= 1
     card = json.loads((out / "best" / contract.MODEL_CARD).read_text())
     assert card["threshold"] == chosen["threshold"] and card["metrics"]["threshold_selection"]["chosen_on"] == chosen["chosen_on"]
+
+
+def test_training_on_phone_size_photos_passes_its_own_export_check(artifact_root, lite0_artifact, tmp_path):
+    """Photos the jobs decode at a reduced JPEG scale: the export is checked on the jobs' pixels, not a full decode."""
+    from PIL import Image
+
+    from beam_jobs.bottlenecks.config import BottleneckConfig
+    from beam_jobs.bottlenecks.job import run
+    from brandlens.config import BackboneConfig
+    from brandlens.imaging import decode_image
+    from brandlens.preprocess import decode_side
+    from brandlens.sample import make_sample
+    from tests.test_trainer_helpers import with_fixed_splits
+
+    sample = make_sample(tmp_path / "sample", 6, ("acme", "zenith"), 5, True)
+    for path in (sample.root / "images").rglob("*.jpg"):
+        Image.open(path).convert("RGB").resize((1500, 1300), Image.Resampling.BICUBIC).save(path, quality=92)
+    photo = next((sample.root / "images").rglob("*.jpg")).read_bytes()
+    assert decode_image(photo, min_side=decode_side(224, 224 / 256)).shape != decode_image(photo).shape  # reduced scale
+    out = tmp_path / "bottlenecks"
+    run(BottleneckConfig(input=str(with_fixed_splits(sample)), output=str(out), base_uri=str(sample.root),
+                         cache=str(tmp_path / "cache"), backbone=BackboneConfig("efficientnet_lite0", artifact_root)))
+    model = tmp_path / "model"
+    from brandlens.cli import main
+
+    assert main(["train", "--bottlenecks", str(out), "--output", str(model), "--artifacts", str(artifact_root),
+                 "--steps", "40", "--verify-images", "3"]) == 0
+    check = json.loads((model / contract.MODEL_CARD).read_text())["export_check"]
+    assert check["images_checked"] == 3 and check["bytes_images_checked"] == 0 and check["serving_max_abs_diff"] < 1e-4
