@@ -335,7 +335,7 @@ def write_stored_embeddings(folder: Path, n: int, dim: int, labels: list[str], s
     from schemas import scores as schema
 
     stamp = folder / "stamp.json"
-    wanted = json.dumps({"n": n, "dim": dim, "labels": labels, "seed": seed, "rows_per_file": rows_per_file, "v": 3})
+    wanted = json.dumps({"n": n, "dim": dim, "labels": labels, "seed": seed, "rows_per_file": rows_per_file, "v": 4})
     if stamp.is_file() and stamp.read_text() == wanted:
         return folder / "scores"
     shutil.rmtree(folder, ignore_errors=True)
@@ -369,7 +369,9 @@ def write_stored_embeddings(folder: Path, n: int, dim: int, labels: list[str], s
                                       else cols[fl.name] for fl in arrow], schema=arrow)
         part = folder / "scores" / f"dt=2026-11-0{1 + f % 7}"
         part.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, part / f"part-bench-{f:05d}.parquet", compression="zstd", row_group_size=rows_per_file)
+        files = -(-n // rows_per_file)  # the job's part-file names: readers take only those
+        pq.write_table(table, part / f"part-bench-{f:05d}-of-{files:05d}.parquet", compression="zstd",
+                       row_group_size=rows_per_file)
     stamp.write_text(wanted)
     return folder / "scores"
 
