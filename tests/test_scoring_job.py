@@ -225,3 +225,20 @@ def test_engine_seam_falls_back_where_backbone_plus_head_is_not_the_whole_model(
     model.load(contract.SERVING_DIR)
     assert model.engine == engines.SAVEDMODEL
     np.testing.assert_allclose(model.score_images(images)["scores"], reference["scores"], atol=1e-6)
+
+
+def test_the_head_handler_does_not_carry_the_embeddings_it_was_given(sample_model, sample_bottlenecks):
+    """Rescoring writes no embeddings: echoing them back through the pipeline held every post's embedding twice
+    (a million posts ran out of 24 GB on the DirectRunner)."""
+    import numpy as np
+
+    from beam_jobs.scoring.model import HeadHandler
+    from schemas import model as contract
+    from trainer.data import load_bottlenecks
+
+    raw = load_bottlenecks(sample_bottlenecks).splits["test"].raw
+    handler = HeadHandler(str(sample_model))
+    outputs = handler.run_inference([raw[:3], raw[3:5]], handler.load_model())
+    assert [len(o[contract.OUT_SCORES]) for o in outputs] == [3, 2]
+    assert all(contract.OUT_EMBEDDING not in o for o in outputs)
+    assert np.allclose(outputs[0][contract.OUT_SCORES].sum(axis=1), 1.0, atol=1e-5)

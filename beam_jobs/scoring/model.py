@@ -219,7 +219,9 @@ class HeadHandler(_ExportHandler):
         super().__init__(export_dir, min_batch_size=1, max_batch_size=1)  # chunks arrive batched already
 
     def _call(self, model: ScoringModel, rows: np.ndarray) -> dict[str, np.ndarray]:
-        return model.score_embeddings(rows)
+        outputs = model.score_embeddings(rows)
+        outputs.pop(contract.OUT_EMBEDDING, None)  # the input echoed back: rescoring writes no embeddings
+        return outputs
 
 
 def _split(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
