@@ -251,6 +251,15 @@ def test_tiles_are_the_scoring_jobs_multi_crop_views():
     assert aug.variants("original", 0, (), tiles=0) == aug.variants("original", 0, (), tiles=1) == [aug.Variant("original")]
 
 
+@pytest.mark.parametrize("tiles", [1, 5, -2])
+def test_a_tile_grid_the_scoring_job_cannot_score_is_refused(tiles):
+    from beam_jobs.bottlenecks.config import BottleneckConfig
+    from brandlens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tiles must be 0"):
+        BottleneckConfig(input="m.csv", output="out", tiles=tiles)
+
+
 def test_cut_shape_from_the_architecture_and_bad_cuts_refused():
     import dataclasses
 

@@ -116,7 +116,7 @@ class _PlanDoFn(beam.DoFn):
 
     def __init__(self, config: BottleneckConfig, backbone: str, min_side: int | None = None, tile_min_side: int | None = None):
         self._min_side = min_side  # decode JPEGs at the scoring job's reduced scale; boxes (logos, backgrounds) need full size
-        self._tile_min_side = tile_min_side  # tiles: the scale the scoring job's multi-crop decodes at
+        self._tile_min_side = tile_min_side or min_side  # tiles: the scale the scoring job's --multi-crop decodes at
         self._tiles = config.tiles
         self._augment = config.augment
         self._logo_crops = config.logo_crops
@@ -153,8 +153,7 @@ class _PlanDoFn(beam.DoFn):
         if missing:
             kinds = {v.kind for v in missing}
             min_side = (None if kinds & {aug.LOGO, aug.BACKGROUND} else
-                        max(self._min_side, self._tile_min_side) if aug.TILE in kinds and self._min_side and self._tile_min_side
-                        else self._min_side)
+                        self._tile_min_side if aug.TILE in kinds else self._min_side)
             rgb = self._read_again(kept, digest) if data is None else ImageRecord(kept.uri, kept.record_id, data=data)
             if isinstance(rgb, ImageRecord):
                 rgb = decode(rgb, self._max_pixels, min_side)
@@ -285,7 +284,7 @@ def build_pipeline(pipeline, config: BottleneckConfig, artifact_dir: str, finger
         {"candidates": hashed["candidates"], "cache": cached}
         | "JoinCache" >> beam.CoGroupByKey()
         | "Plan" >> beam.ParDo(_PlanDoFn(config, backbone, decode_side(fingerprint.input_size, fingerprint.crop_fraction),
-                                         decode_side(fingerprint.input_size, 1.0, config.tiles))).with_outputs(REQUESTS_TAG, DEAD_LETTER_TAG, main="ready")
+                                         decode_side(fingerprint.input_size, fingerprint.crop_fraction, config.tiles))).with_outputs(REQUESTS_TAG, DEAD_LETTER_TAG, main="ready")
     )
     embedded = planned[REQUESTS_TAG] | "Embed" >> EmbedImages(
         artifact_dir, config.batch_size, NAMESPACE, config.progress_interval, cut=config.cut)
