@@ -242,3 +242,30 @@ def test_the_head_handler_does_not_carry_the_embeddings_it_was_given(sample_mode
     assert [len(o[contract.OUT_SCORES]) for o in outputs] == [3, 2]
     assert all(contract.OUT_EMBEDDING not in o for o in outputs)
     assert np.allclose(outputs[0][contract.OUT_SCORES].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_model_handlers_log_progress_at_the_model_call(sample_model, sample_bottlenecks, lite0_artifact, caplog):
+    """Progress is counted where the model runs: the steps after RunInference may see nothing until every batch
+    is done, so a count there logged no line during the run (the benchmark's steady rates read these lines)."""
+    import logging
+
+    from beam_jobs.common.embedding import PROGRESS as EMBEDDED, BackboneHandler
+    from beam_jobs.common.progress import progress
+    from beam_jobs.scoring.model import HeadHandler, ImagesHandler, ScoringModel
+    from trainer.data import load_bottlenecks
+
+    raw = load_bottlenecks(sample_bottlenecks).splits["test"].raw
+    size = ScoringModel(sample_model).card.input_size
+    views = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32)
+    cases = [
+        (HeadHandler(str(sample_model), progress_interval=0), [raw[:3], raw[3:5]], "posts rescored", 5),  # rows
+        (ImagesHandler(str(sample_model), 2, progress_interval=0), [views[:1], views[1:]], "posts scored", 2),  # posts
+        (BackboneHandler(str(lite0_artifact), 2, progress_interval=0), list(views[:2]), EMBEDDED, 2),  # images
+    ]
+    caplog.set_level(logging.INFO, logger="beam_jobs.progress")
+    for handler, batch, what, n in cases:
+        before, model = progress(what, 0).count, handler.load_model()
+        for _ in range(2):  # a process's first call only starts the clock
+            handler.run_inference(batch, model)
+        assert progress(what, 0).count == before + 2 * n
+        assert f"{what}: {before + 2 * n} (" in caplog.text

@@ -25,6 +25,7 @@ from beam_jobs.common.progress import progress
 
 FAILED_TAG = "failed"
 EMBEDDING = "embedding"
+PROGRESS = "images embedded by the CNN"
 CUT_MAP = "cut_map"
 
 
@@ -32,10 +33,11 @@ class BackboneHandler(ModelHandler):
     """Prepared float32 [S, S, 3] images -> ``{"embedding": float32[D]}`` per image (and ``cut_map`` with a cut)."""
 
     def __init__(self, artifact_dir: str, batch_size: int = DEFAULT_BATCH_SIZE, max_batch_duration_secs: float | None = None,
-                 cut: int | None = None):
+                 cut: int | None = None, progress_interval: float = DEFAULT_PROGRESS_INTERVAL_S):
         super().__init__(**batching(batch_size, max_batch_duration_secs))
         self._artifact_dir = str(artifact_dir)
         self._cut = cut
+        self._progress_interval = progress_interval
 
     def load_model(self):
         """The one engine seam: ``brandlens.engines``' default engine (TFLite) for embeddings; a cut needs the
@@ -50,9 +52,12 @@ class BackboneHandler(ModelHandler):
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> list[dict[str, np.ndarray]]:
         if self._cut is not None:
             out = model.run_with_cut(np.stack(batch), self._cut)
-            return [{EMBEDDING: e, CUT_MAP: m} for e, m in zip(np.asarray(out[EMBEDDING], np.float32), out[CUT_MAP])]
-        embeddings = np.asarray(model.embed(np.stack(batch)), np.float32)
-        return [{EMBEDDING: embedding} for embedding in embeddings]
+            results = [{EMBEDDING: e, CUT_MAP: m} for e, m in zip(np.asarray(out[EMBEDDING], np.float32), out[CUT_MAP])]
+        else:
+            results = [{EMBEDDING: embedding} for embedding in np.asarray(model.embed(np.stack(batch)), np.float32)]
+        # counted here, at the forward pass: steps after RunInference may run only once every batch is done
+        progress(PROGRESS, self._progress_interval).add(len(batch))
+        return results
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(image.nbytes for image in batch)
@@ -89,20 +94,18 @@ class EmbedImages(beam.PTransform):
         from brandlens.backbones.artifact import read_fingerprint
 
         self._cut = cut
-        self._handler = BackboneHandler(artifact_dir, batch_size, max_batch_duration_secs, cut)
+        self._handler = BackboneHandler(artifact_dir, batch_size, max_batch_duration_secs, cut, progress_interval)
         fp = read_fingerprint(str(artifact_dir))
         self._prepare = _Prepare(fp.input_size, fp.crop_fraction, fp.resize_mode)
         self._namespace = namespace
-        self._progress_interval = progress_interval
 
     def expand(self, images):
-        counters, interval, cut = Counters(self._namespace), self._progress_interval, self._cut
+        counters, cut = Counters(self._namespace), self._cut
         inferred = images | "Embed" >> KeyedInference(self._handler, self._namespace, self._prepare)
 
         def embedded(item):
             key, outputs = item
             counters.inc("cnn_embeddings")
-            progress("images embedded by the CNN", interval).add(1)
             return key, outputs[EMBEDDING] if cut is None else (outputs[EMBEDDING], outputs[CUT_MAP])
 
         def failed(item):

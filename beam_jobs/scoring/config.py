@@ -164,6 +164,7 @@ class RescoreConfig:
     out: OutputConfig
     batch_size: int = 4096
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL_S
 
     def __post_init__(self):
         object.__setattr__(self, "embeddings", absolute(self.embeddings))
@@ -179,8 +180,11 @@ class RescoreConfig:
         parser.add_argument("--model", required=True, help="the new export folder (its head/ is used; no CNN runs)")
         OutputConfig.add_arguments(parser)
         parser.add_argument("--batch-size", type=int, default=4096, help="embeddings per head call (default %(default)s)")
+        parser.add_argument("--progress-interval", type=float, default=DEFAULT_PROGRESS_INTERVAL_S,
+                            help="seconds between progress lines per worker (default %(default)s)")
         RunnerConfig.add_arguments(parser)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RescoreConfig":
-        return cls(args.embeddings, args.model, OutputConfig.from_args(args), args.batch_size, RunnerConfig.from_args(args))
+        return cls(args.embeddings, args.model, OutputConfig.from_args(args), args.batch_size, RunnerConfig.from_args(args),
+                   args.progress_interval)

@@ -20,7 +20,9 @@ from typing import Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
+from beam_jobs.common.defaults import DEFAULT_PROGRESS_INTERVAL_S
 from beam_jobs.common.inference import batching
+from beam_jobs.common.progress import progress
 from brandlens import engines, fileio
 from brandlens.errors import ArtifactError
 from schemas import model as contract
@@ -167,13 +169,18 @@ def _numpy(out: dict) -> dict[str, np.ndarray]:
 
 
 class _ExportHandler(ModelHandler):
-    """One part of an export (``serving/`` or ``head/``); each element is a stack of rows, each gets its own outputs."""
+    """One part of an export (``serving/`` or ``head/``); each element is a stack of rows, each gets its own outputs.
+
+    Progress is counted here, at the model call: the steps after RunInference may run only once every batch is done.
+    """
 
     _part = ""
+    _progress = ""  # what a progress line counts
 
-    def __init__(self, export_dir: str, engine: str = engines.SAVEDMODEL, **batching):
+    def __init__(self, export_dir: str, engine: str = engines.SAVEDMODEL,
+                 progress_interval: float = DEFAULT_PROGRESS_INTERVAL_S, **batching):
         super().__init__(**batching)
-        self._export_dir, self._engine = str(export_dir), engine
+        self._export_dir, self._engine, self._progress_interval = str(export_dir), engine, progress_interval
 
     def load_model(self) -> ScoringModel:
         """The one engine seam of the scoring job: the export on this handler's engine, loaded now."""
@@ -182,9 +189,16 @@ class _ExportHandler(ModelHandler):
         return model
 
     def run_inference(self, batch: Sequence[np.ndarray], model: ScoringModel, inference_args=None) -> list[dict]:
-        return _split(self._call(model, np.concatenate(batch)), [len(rows) for rows in batch])
+        sizes = [len(rows) for rows in batch]
+        outputs = _split(self._call(model, np.concatenate(batch)), sizes)
+        progress(self._progress, self._progress_interval).add(self._count(sizes))
+        return outputs
 
     def _call(self, model: ScoringModel, rows: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _count(sizes: list[int]) -> int:
         raise NotImplementedError
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
@@ -201,22 +215,32 @@ class ImagesHandler(_ExportHandler):
     """
 
     _part = contract.SERVING_DIR
+    _progress = "posts scored"
 
     def __init__(self, export_dir: str, batch_size: int, max_batch_duration_secs: float | None = None,
-                 engine: str = engines.DEFAULT_ENGINE):
-        super().__init__(export_dir, engine, **batching(batch_size, max_batch_duration_secs))
+                 engine: str = engines.DEFAULT_ENGINE, progress_interval: float = DEFAULT_PROGRESS_INTERVAL_S):
+        super().__init__(export_dir, engine, progress_interval, **batching(batch_size, max_batch_duration_secs))
 
     def _call(self, model: ScoringModel, rows: np.ndarray) -> dict[str, np.ndarray]:
         return model.score_images(rows)
+
+    @staticmethod
+    def _count(sizes: list[int]) -> int:
+        return len(sizes)  # posts (each element is one post's views)
 
 
 class HeadHandler(_ExportHandler):
     """A chunk of raw embeddings float32 [N, D] -> the contract's outputs for those N rows (one head call)."""
 
     _part = contract.HEAD_DIR
+    _progress = "posts rescored"
 
-    def __init__(self, export_dir: str):
-        super().__init__(export_dir, min_batch_size=1, max_batch_size=1)  # chunks arrive batched already
+    def __init__(self, export_dir: str, progress_interval: float = DEFAULT_PROGRESS_INTERVAL_S):
+        super().__init__(export_dir, progress_interval=progress_interval, min_batch_size=1, max_batch_size=1)  # chunks arrive batched
+
+    @staticmethod
+    def _count(sizes: list[int]) -> int:
+        return sum(sizes)  # rows (each element is a chunk of posts)
 
     def _call(self, model: ScoringModel, rows: np.ndarray) -> dict[str, np.ndarray]:
         outputs = model.score_embeddings(rows)

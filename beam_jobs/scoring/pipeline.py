@@ -25,7 +25,7 @@ import numpy as np
 from beam_jobs.common.accounting import READ, CountAs, Counters, WriteDeadLetters
 from beam_jobs.common.images import decode, prepare_image
 from beam_jobs.common.inference import KeyedInference
-from beam_jobs.common.progress import LogProgress, progress
+from beam_jobs.common.progress import LogProgress
 from beam_jobs.common.records import DEAD_LETTER_TAG, STAGE_DECODE, STAGE_READ, ImageRecord
 from beam_jobs.common.sources import ReadImages
 from beam_jobs.scoring.config import NAMESPACE, RescoreConfig, ScoringConfig
@@ -134,10 +134,9 @@ class _DecodeAndPrepareBatch(_DecodeAndPrepare):
 class _ToRow:
     """(post, its views' outputs) -> one output row: the most brand-like view's answer."""
 
-    def __init__(self, card: ModelCard, scored_at: dt.datetime, with_embedding: bool, progress_interval: float,
-                 carried: tuple[tuple[str, str], ...]):
+    def __init__(self, card: ModelCard, scored_at: dt.datetime, with_embedding: bool, carried: tuple[tuple[str, str], ...]):
         self._card, self._scored_at, self._with_embedding = card, scored_at, with_embedding
-        self._interval, self._carried = progress_interval, carried
+        self._carried = carried
         self._counters = Counters(NAMESPACE)
         self._brand_mask = brand_mask(card.labels, card.neither_label)
 
@@ -155,7 +154,6 @@ class _ToRow:
                         carry(post.record.metadata, self._carried), self._with_embedding, post.record.uri,
                         card.brand_thresholds, to_photo)
         self._counters.inc(SCORED)
-        progress("posts scored", self._interval).add(1)
         return row
 
 
@@ -195,8 +193,9 @@ def build_pipeline(pipeline, config: ScoringConfig, card: ModelCard, carried: tu
         | "DecodeAndPrepare" >> beam.ParDo(_DecodeAndPrepareBatch(
             card.input_size, card.crop_fraction, card.resize_mode, config.multi_crop, config.max_pixels)).with_outputs(DEAD_LETTER_TAG, main="views")
     )
-    scored = prepared["views"] | "Score" >> KeyedInference(ImagesHandler(config.model, config.batch_size), NAMESPACE)
-    rows = scored.results | "ToRows" >> beam.Map(_ToRow(card, scored_at, config.write_embedding, config.progress_interval, carried))
+    scored = prepared["views"] | "Score" >> KeyedInference(
+        ImagesHandler(config.model, config.batch_size, progress_interval=config.progress_interval), NAMESPACE)
+    rows = scored.results | "ToRows" >> beam.Map(_ToRow(card, scored_at, config.write_embedding, carried))
     score_dead = scored.failures | "ScoreFailures" >> beam.Map(_score_failure)
     arrow = schema.scores_schema(list(card.labels), [out for out, _ in carried], config.write_embedding, card.embedding_dim)
     written = (
@@ -318,7 +317,7 @@ def build_rescore_pipeline(pipeline, config: RescoreConfig, card: ModelCard, bat
         batches
         | "CountRead" >> beam.Map(count_read).with_output_types(EmbeddingBatch)
         | "Chunks" >> beam.FlatMap(_chunks, config.batch_size)
-        | "RescoreWithHead" >> KeyedInference(HeadHandler(config.model), NAMESPACE)
+        | "RescoreWithHead" >> KeyedInference(HeadHandler(config.model, config.progress_interval), NAMESPACE)
     )
     (scored.failures | "RescoreFailures" >> beam.FlatMap(_rescore_failures)
      | "WriteDeadLetters" >> WriteDeadLetters(f"{config.out.run_dir(run)}/dead_letters", NAMESPACE))
