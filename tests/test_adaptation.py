@@ -74,7 +74,9 @@ def test_a_rerun_reads_maps_from_the_cut_cache(cut_bottlenecks, tmp_path, artifa
     first = json.loads((cut_bottlenecks / "summary.json").read_text())
     again = run(BottleneckConfig(input=first["config"]["input"], output=str(tmp_path / "again"),
                                  base_uri=first["config"]["base_uri"], cut=CUT, augment=1, label_map=(("rival", "neither"),),
-                                 cache=first["config"]["cache"], backbone=BackboneConfig("efficientnet_lite0", artifact_root)))
+                                 cache=first["config"]["cache"], backbone=BackboneConfig("efficientnet_lite0", artifact_root),
+                                 num_shards=2))  # another shard count: not the stored run, so the pipeline runs
+    assert "reused" not in again
     assert again["counts"]["cnn_images"] == 0 and again["counts"]["cache_hits"] == first["counts"]["cnn_embeddings"]
     from trainer.data import load_bottlenecks
 

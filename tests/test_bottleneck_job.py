@@ -247,6 +247,54 @@ def test_a_rerun_embeds_only_new_images(archive, first_run, artifact_root, lite0
     assert len(cache_files()) == 2
 
 
+def _example_records(output: Path) -> dict[str, list[bytes]]:
+    import gzip
+
+    from beam_jobs.bottlenecks.transform_reuse import tfrecord_payloads
+
+    return {split: sorted(r for path in sorted((output / layout.EXAMPLES).glob(f"{split}-*"))
+                          for r in tfrecord_payloads(gzip.decompress(path.read_bytes()))) for split in ("train", "validation", "test")}
+
+
+def test_an_unchanged_rerun_reuses_the_whole_run_and_a_damaged_copy_is_not_reused(archive, first_run, artifact_root):
+    """Issue 13's cheap rerun: same bytes in, same settings, backbone and code -> the stored run, committed as this run;
+    a changed input byte changes the key; a damaged stored copy is refused and the job runs again."""
+    from beam_jobs.bottlenecks import run_reuse
+
+    tmp, manifest, _ = archive
+    config, summary = first_run
+    same = dict(labels=LABELS, augment=2, logo_crops=True, tiles=2, max_bytes=200_000)
+    again = run(_config(tmp, manifest, "run-again", artifact_root, **same))
+    assert again["reused"]["run_id"] == summary["run_id"] and again["run_id"] != summary["run_id"]
+    assert again["counts"]["cnn_images"] == again["counts"]["cache_hits"] == 0 and again["reconciliation"]["ok"]
+    assert {k: again["counts"][k] for k in ("read", "written", "dead_lettered")} == \
+        {k: summary["counts"][k] for k in ("read", "written", "dead_lettered")}
+    assert _example_records(tmp / "run-again") == _example_records(Path(config.output))
+    assert _dead_letters(tmp / "run-again") == _dead_letters(Path(config.output))
+    assert json.loads((tmp / "run-again" / layout.SUMMARY).read_text())["output"] == str(tmp / "run-again")
+
+    fingerprint = (Path(again["backbone"]["artifact"]) / "fingerprint.json").read_text()
+    key = run_reuse.run_key(_config(tmp, manifest, "x", artifact_root, **same), fingerprint)
+    assert key == again["reused"]["key"]
+    assert run_reuse.run_key(_config(tmp, manifest, "x", artifact_root, **{**same, "augment": 1}), fingerprint) != key
+    image = tmp / "extra" / "rare.jpg"
+    original = image.read_bytes()
+    image.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit of one image
+    try:
+        assert run_reuse.run_key(_config(tmp, manifest, "x", artifact_root, **same), fingerprint) != key
+    finally:
+        image.write_bytes(original)
+    assert run_reuse.run_key(_config(tmp, manifest, "x", artifact_root, **same), fingerprint) == key
+
+    stored = Path(again["reused"]["from"])
+    shard = sorted((stored / layout.EXAMPLES).glob("train-*"))[0]
+    shard.write_bytes(shard.read_bytes()[:-8])  # a damaged store: named, not reused
+    rerun = run(_config(tmp, manifest, "run-damaged", artifact_root, **same))
+    assert "reused" not in rerun and rerun["reuse_key"] == key and rerun["reconciliation"]["ok"]
+    assert _example_records(tmp / "run-damaged") == _example_records(Path(config.output))
+    assert run_reuse.find(str(tmp / "cache"), key)[1]["run_id"] == rerun["run_id"]  # stored afresh
+
+
 def _tar_shard(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
     with tarfile.open(path, "w") as tar:
         for key, members in samples:

@@ -215,8 +215,10 @@ def test_bottlenecks_killed_at_random_moments(worker, images, artifact_root, lit
     cache = output.parent / "cache"
     while landed < KILLS and tried < MAX_TRIES:
         tried += 1
-        if tried == KILLS // 2:  # a damaged cache file on top: named, ignored, recomputed
-            victim = [p for p in sorted(cache.rglob("*.tfrecord.gz")) if ".transforms" not in p.parts][0]
+        if tried % 2:  # every other run finds no stored run to reuse: its pipelines run (and are killed)
+            shutil.rmtree(cache / ".runs", ignore_errors=True)
+        if tried == KILLS // 2:  # (odd: its run reads the cache) a damaged cache file on top: named, ignored, recomputed
+            victim = [p for p in sorted(cache.rglob("*.tfrecord.gz")) if not {".transforms", ".runs"} & set(p.parts)][0]
             victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
         rc, seconds = worker.run(_bottleneck_argv(images, output, artifact_root, tried), kill_after=rng.uniform(0.2, last))
         landed += rc is None

@@ -163,7 +163,9 @@ class BottleneckConfig:
                                "lite2's 0..20), so 'brandlens train --adapt blocks' can train the blocks after it")
         work.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per CNN batch (default %(default)s)")
         work.add_argument("--cache", default=None,
-                          help="embedding cache folder (default: <output>/../embedding-cache, shared by sibling runs)")
+                          help="embedding cache folder (default: <output>/../embedding-cache, shared by sibling runs); it also "
+                               "keeps each finished run (.runs/), which a rerun with the same input bytes, settings, "
+                               "backbone and code restores instead of running")
         work.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
         work.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
                           help="larger files are dead-lettered as too_large (default %(default)s)")

@@ -29,7 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.bottlenecks.config import NAMESPACE, BottleneckConfig
 from beam_jobs.bottlenecks.pipeline import CACHE_HITS, CNN_IMAGES, EXAMPLES, build_pipeline
-from beam_jobs.bottlenecks import transform_reuse
+from beam_jobs.bottlenecks import run_reuse, transform_reuse
 from beam_jobs.common.accounting import DEAD_LETTERED, READ, WRITTEN, nest_counts, query_counters, reconcile, total, write_json
 from beam_jobs.common.inference import inference_metrics
 from beam_jobs.common.inputs import with_inferred_base_uri
@@ -155,6 +155,41 @@ def summarise(counters: dict[str, int]) -> tuple[dict, dict, dict]:
     return counts, labels, reconcile(counts)
 
 
+_WORK_COUNTS = (CNN_IMAGES, "cnn_embeddings", CACHE_HITS)  # what a run did, not what its outputs hold
+
+
+def _reuse_run(final: BottleneckConfig, staging: str, found: tuple[str, dict], run_id: str, started: float,
+               started_at: dt.datetime) -> dict:
+    """Commit a stored run's outputs as this run's: its inputs, settings, backbone and code are the same."""
+    folder, record = found
+    summary = run_reuse.restore(folder, record, staging)
+    summary["counts"].update({name: 0 for name in _WORK_COUNTS})
+    seconds = round(time.monotonic() - started, 2)
+    summary.update({
+        "run_id": run_id, "status": "ok", "brandlens_version": __version__,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": final.describe(), "output": final.output, "inference": {},
+        "seconds": {"total": seconds}, "reused": {"run_id": record["run_id"], "key": record["key"], "from": folder},
+        "throughput": {"records_per_second": round(summary["counts"][READ] / max(seconds, 1e-9), 2),
+                       "cnn_embeddings_per_second": 0.0},
+    })
+    write_json(f"{staging}/{layout.SUMMARY}", summary)
+    commit_output(final.output, staging, run_id, "ok")
+    log.info("bottlenecks %s: inputs, settings, backbone and code unchanged since run %s: its outputs reused from %s "
+             "in %.1f s (read %d, written %s; counts %s)", run_id, record["run_id"], folder, seconds,
+             summary["counts"][READ], summary["counts"][WRITTEN],
+             "reconcile" if summary["reconciliation"]["ok"] else "DO NOT RECONCILE")
+    return summary
+
+
+def _store_run(staging: str, cache: str, key: str, run_id: str) -> None:
+    try:
+        run_reuse.store(staging, cache, key, run_id)
+    except Exception as exc:  # a full disk must not fail a finished run: the next run just misses
+        log.warning("could not keep run %s for reuse under %s: %s", run_id, cache, exc)
+
+
 def run(config: BottleneckConfig) -> dict:
     """Run the whole job; returns the summary (also written to ``<output>/summary.json``)."""
     started, started_at = time.monotonic(), dt.datetime.now(dt.timezone.utc)
@@ -169,6 +204,10 @@ def run(config: BottleneckConfig) -> dict:
     cut_map_shape = None if config.cut is None else cut_map_shape_of(fingerprint, config.cut)  # checks the cut first
     run_id = new_run_id(started_at)
     final, config = config, dataclasses.replace(config, output=f"{config.output}/{commit.staging_name(run_id)}")
+    reuse_key = run_reuse.run_key(final, fingerprint.to_json()) if final.use_cache else None
+    found = reuse_key and run_reuse.find(final.cache, reuse_key)
+    if found:
+        return _reuse_run(final, config.output, found, run_id, started, started_at)
     with FileSystems.create(f"{config.output}/{layout.BACKBONE}") as f:
         f.write(fingerprint.to_json().encode())
     log.info("bottlenecks %s: %s (%s, %d files matched) -> %s with %s; cache %s", run_id, config.input,
@@ -230,7 +269,10 @@ def run(config: BottleneckConfig) -> dict:
             "records_per_second": round(counts[READ] / embedding_seconds, 2),
             "cnn_embeddings_per_second": round(counts["cnn_embeddings"] / embedding_seconds, 2),
         }
+        summary["reuse_key"] = reuse_key
         write_json(f"{config.output}/{layout.SUMMARY}", summary)
+        if summary["status"] == "ok" and reuse_key:
+            _store_run(config.output, final.cache, reuse_key, run_id)
         if summary["status"] == "ok" or not previous:  # a failed run never replaces a complete one
             commit_output(final.output, config.output, run_id, summary["status"])
         else:

