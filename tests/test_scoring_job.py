@@ -156,6 +156,11 @@ def test_rescore_from_stored_embeddings_needs_no_cnn(scored, sample_model, sampl
         other = again[row[schema.POST_ID]]
         assert other["caption"] == row["caption"] and str(other["dt"]) == str(row["dt"])
         assert abs(other["score_acme"] - row["score_acme"]) < 1e-5 and other[schema.LABEL] == row[schema.LABEL]
+        brand = other[schema.LABEL] != "neither"  # an embedding has no locations: its label alone, without a box
+        assert other[schema.BRANDS] == ([{"label": other[schema.LABEL], "score": other[schema.CONFIDENCE], "box": [],
+                                          "area": None}] if brand else [])
+        assert other[schema.BOX] == [] and other[schema.BRAND_FOUND] == brand
+    assert any(r[schema.BRANDS] for r in again.values()) and not all(r[schema.BRANDS] for r in again.values())
 
     from_examples = tmp_path / "from-examples"
     summary = rescore(RescoreConfig(str(sample_bottlenecks), str(sample_model), OutputConfig(str(from_examples), scored_at=SCORED_AT)))

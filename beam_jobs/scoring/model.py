@@ -155,15 +155,16 @@ class ScoringModel:
         out = signature(**{contract.INPUT_IMAGES: self._tf.convert_to_tensor(images, self._tf.float32)})
         return _numpy(out)
 
-    def score_embeddings(self, embeddings: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw backbone embeddings [N, D] -> outputs, without the CNN (rescoring)."""
+    def score_embeddings(self, embeddings: np.ndarray, echo: bool = True) -> dict[str, np.ndarray]:
+        """Raw backbone embeddings [N, D] -> outputs, without the CNN (rescoring); ``echo=False`` leaves out the
+        embedding the head passes through (not copied back to numpy)."""
         signature = self._signature("_head", contract.HEAD_DIR, contract.SIG_EMBEDDING)
         out = signature(**{contract.INPUT_EMBEDDING: self._tf.convert_to_tensor(embeddings, self._tf.float32)})
-        return _numpy(out)
+        return _numpy(out, () if echo else (contract.OUT_EMBEDDING,))
 
 
-def _numpy(out: dict) -> dict[str, np.ndarray]:
-    result = {k: v.numpy() for k, v in out.items()}
+def _numpy(out: dict, leave_out: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    result = {k: v.numpy() for k, v in out.items() if k not in leave_out}
     result[contract.OUT_LABEL] = np.array([s.decode("utf-8") for s in result[contract.OUT_LABEL]], dtype=object)
     return result
 
@@ -190,7 +191,7 @@ class _ExportHandler(ModelHandler):
 
     def run_inference(self, batch: Sequence[np.ndarray], model: ScoringModel, inference_args=None) -> list[dict]:
         sizes = [len(rows) for rows in batch]
-        outputs = _split(self._call(model, np.concatenate(batch)), sizes)
+        outputs = _split(self._call(model, batch[0] if len(batch) == 1 else np.concatenate(batch)), sizes)
         progress(self._progress, self._progress_interval).add(self._count(sizes))
         return outputs
 
@@ -243,9 +244,7 @@ class HeadHandler(_ExportHandler):
         return sum(sizes)  # rows (each element is a chunk of posts)
 
     def _call(self, model: ScoringModel, rows: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = model.score_embeddings(rows)
-        outputs.pop(contract.OUT_EMBEDDING, None)  # the input echoed back: rescoring writes no embeddings
-        return outputs
+        return model.score_embeddings(rows, echo=False)  # rescoring writes no embeddings: not carried on
 
 
 def _split(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:

@@ -280,11 +280,8 @@ class _RescoredTable:
             schema.MODEL_VERSION: pa.repeat(pa.scalar(card.version_id, pa.string()), n),
             schema.BACKBONE: pa.repeat(pa.scalar(card.backbone_version, pa.string()), n),
             schema.SCORED_AT: pa.repeat(pa.scalar(self._scored_at, self._schema.field(schema.SCORED_AT).type), n),
-            # An embedding has no locations: the label is the one brand, without a box.
-            schema.BRANDS: pa.array([[{"label": label, "score": float(c), "box": [], "area": None}] if label != card.neither_label
-                                     else [] for label, c in zip(outputs["label"], outputs["confidence"])],
-                                    self._schema.field(schema.BRANDS).type),
-            schema.BOX: pa.array([[]] * n, schema.BOX_TYPE),
+            schema.BRANDS: self._brands(labels, found, outputs["confidence"]),
+            schema.BOX: _empty_lists(n, schema.BOX_TYPE),
         }
         for j, label in enumerate(card.labels):
             columns[schema.score_column(label)] = pa.array(scores[:, j])
@@ -292,6 +289,26 @@ class _RescoredTable:
             column = meta.column(name) if name in meta.column_names else pa.nulls(n, pa.string())
             columns[out] = column.cast(pa.string())
         return pa.Table.from_arrays([columns[f.name] for f in self._schema], schema=self._schema)
+
+    def _brands(self, labels, found, confidence):
+        """An embedding has no locations: a post's brands are its label alone when that is a brand, without a box
+        (built as Arrow arrays: a Python dict per post cost more than the head)."""
+        import pyarrow as pa
+
+        brand_type = self._schema.field(schema.BRANDS).type
+        mask = np.asarray(found.to_numpy(zero_copy_only=False), bool)
+        k = int(mask.sum())
+        items = pa.StructArray.from_arrays(
+            [labels.filter(found), pa.array(np.asarray(confidence, np.float32)[mask]), _empty_lists(k, schema.BOX_TYPE),
+             pa.nulls(k, pa.float32())], fields=list(brand_type.value_type))
+        offsets = pa.array(np.concatenate([[0], np.cumsum(mask)]).astype(np.int32))
+        return pa.ListArray.from_arrays(offsets, items, type=brand_type)
+
+
+def _empty_lists(n: int, list_type):
+    import pyarrow as pa
+
+    return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], list_type.value_type), type=list_type)
 
 
 def _rescore_failures(item):

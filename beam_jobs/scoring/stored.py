@@ -9,6 +9,7 @@ reshuffled first, so distributed runners spread the files over their workers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pickle
@@ -20,6 +21,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from brandlens import fileio
 from schemas import scores as schema
 
 DEFAULT_BATCH_ROWS = 16_384  # rows per decoded batch: ~84 MB of 1280-d embeddings, a few in memory at once
@@ -82,8 +84,10 @@ def iter_file(path: str, columns: list[str], batch_rows: int = DEFAULT_BATCH_ROW
     import pyarrow.parquet as pq
 
     partition = partition_of_file(path)
-    with FileSystems.open(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
+    # A local file is memory-mapped: reading through a Python file object costs about half as much again.
+    with (contextlib.nullcontext(path) if not fileio.is_remote(path) else FileSystems.open(path)) as f:
+        reader = pq.ParquetFile(f, memory_map=isinstance(f, str))
+        for batch in reader.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
             if batch.num_rows:
                 meta, embeddings = split_embeddings(pa.Table.from_batches([batch]))
                 yield EmbeddingBatch(partition, meta, embeddings)
