@@ -493,7 +493,8 @@ def render_report(fig: dict, meta: dict, notes: str = "") -> str:
         ("3b", "bottleneck job, cold, process wall", ratio(meta["n"], fig.get("bottleneck_cold_wall_s")),
          f"{_fmt(fig.get('bottleneck_cold_wall_s'))} s", fig.get("bottleneck_10n_peak_rss")),
         ("3c", "bottleneck job rerun, everything cached, process wall", None,
-         f"{_fmt(fig.get('bottleneck_cached_wall_s'))} s (TFT reused: {fig.get('bottleneck_cached_tft_reused')})",
+         f"{_fmt(fig.get('bottleneck_cached_wall_s'))} s (whole run reused: {fig.get('bottleneck_cached_run_reused')}, "
+         f"TFT reused: {fig.get('bottleneck_cached_tft_reused')})",
          fig.get("bottleneck_cached_peak_rss")),
         ("3d", f"bottleneck job, N/10 = {meta.get('n_small')} images (memory)", None,
          f"{_fmt(fig.get('bottleneck_small_wall_s'))} s", fig.get("bottleneck_n_peak_rss")),

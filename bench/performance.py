@@ -588,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         s2 = _summary(runs / "bn-cached" / "summary.json")
         fig.update(bottleneck_cached_wall_s=cached.wall_s, bottleneck_cached_seconds=s2["seconds"],
                    bottleneck_cached_cnn=s2["counts"]["cnn_embeddings"], bottleneck_cached_peak_rss=cached.peak_rss_bytes,
-                   bottleneck_cached_tft_reused=(s2.get("transform") or {}).get("reused"))
+                   bottleneck_cached_tft_reused=(s2.get("transform") or {}).get("reused"),
+                   bottleneck_cached_run_reused=bool(s2.get("reused")))
         if "small" not in skip:
             small = _job(runs, "bottleneck-small", _cli("bottlenecks", "--cache", str(runs / "cache-small"), "--batch-size",
                                                         str(args.batch_size), *backbone_args, *runner, "--input",
