@@ -11,7 +11,10 @@ once the driver knows the training split is not empty.
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -111,8 +114,18 @@ class _HashAndLabelDoFn(beam.DoFn):
             yield digest, (candidate, record.data if self._keep_bytes else None)
 
 
+class _Planned(NamedTuple):
+    digest: str
+    members: list
+    decision: object
+    cached: dict
+    wanted: list
+    missing: list
+    rgb: object  # decoded pixels, a DeadLetter, or None when every wanted variant is cached
+
+
 class _PlanDoFn(beam.DoFn):
-    """Per distinct image: keep one record, reuse cached variants, send the rest to the CNN."""
+    """Per distinct image: keep one record, reuse cached variants, send the rest to the CNN (batches of images)."""
 
     def __init__(self, config: BottleneckConfig, backbone: str, min_side: int | None = None, tile_min_side: int | None = None):
         self._min_side = min_side  # decode JPEGs at the scoring job's reduced scale; boxes (logos, backgrounds) need full size
@@ -133,13 +146,38 @@ class _PlanDoFn(beam.DoFn):
         return aug.variants(ORIGINAL_VARIANT, self._augment, boxes if self._logo_crops else (), self._logo_margin,
                             boxes if self._background_label else (), 0 if boxes else self._tiles)
 
-    def process(self, element):
+    def setup(self):
+        self._threads = max(1, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="decode")
+
+    def teardown(self):
+        self._pool.shutdown(wait=False)
+
+    def process(self, batch):
+        """A batch of distinct images (with their cache entries), decoded by one thread per core: Pillow's decoders
+        release the GIL, and a phone photo's decode costs as much as its forward pass. At most two images per
+        thread are decoded ahead (a logo crop decodes a phone photo in full). Counting and emitting stay on the
+        bundle's thread, where Beam records metrics; each image still ends alone."""
+        ahead: collections.deque = collections.deque()
+        for element in batch:
+            ahead.append(self._pool.submit(self._pixels_of, element))
+            if len(ahead) >= 2 * self._threads:
+                yield from self._emit_planned(ahead.popleft().result())
+        while ahead:
+            yield from self._emit_planned(ahead.popleft().result())
+
+    def _emit_planned(self, planned):
+        if planned is not None:  # else: cache entries of images not in this run
+            yield from self._emit(planned)
+
+    def _pixels_of(self, element):
         digest, group = element
         members = list(group["candidates"])
-        if members:  # else: cache entries of images not in this run
-            yield from self._plan(digest, members, group["cache"])
+        return self._pixels(digest, members, group["cache"]) if members else None
 
-    def _plan(self, digest: str, members: list, cache_entries):
+    def _pixels(self, digest: str, members: list, cache_entries) -> _Planned:
+        """Everything but counting and emitting: which variants, and the decoded image where the CNN needs some
+        (no Beam metrics here, so it may run on another thread)."""
         decision = choose([candidate for candidate, _ in members])
         kept = decision.kept
         data = next(d for c, d in members if c == kept)
@@ -148,8 +186,7 @@ class _PlanDoFn(beam.DoFn):
             cached.setdefault(variant, embedding)
         wanted = self._wanted(kept.split, decision.boxes)
         missing = [v for v in wanted if v.name not in cached]
-
-        requests = []
+        rgb = None
         if missing:
             kinds = {v.kind for v in missing}
             min_side = (None if kinds & {aug.LOGO, aug.BACKGROUND} else
@@ -157,21 +194,25 @@ class _PlanDoFn(beam.DoFn):
             rgb = self._read_again(kept, digest) if data is None else ImageRecord(kept.uri, kept.record_id, data=data)
             if isinstance(rgb, ImageRecord):
                 rgb = decode(rgb, self._max_pixels, min_side)
-            if isinstance(rgb, DeadLetter):  # identical bytes: every copy fails alike
-                for candidate, _ in members:
-                    yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
-                        uri=candidate.uri, stage=rgb.stage, reason=rgb.reason, message=rgb.message, record_id=candidate.record_id))
-                return
-            requests = list(self._variant_pixels(rgb, digest, missing))
+        return _Planned(digest, members, decision, cached, wanted, missing, rgb)
+
+    def _emit(self, planned: _Planned):
+        digest, decision, kept, rgb = planned.digest, planned.decision, planned.decision.kept, planned.rgb
+        if isinstance(rgb, DeadLetter):  # identical bytes: every copy fails alike
+            for candidate, _ in planned.members:
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+                    uri=candidate.uri, stage=rgb.stage, reason=rgb.reason, message=rgb.message, record_id=candidate.record_id))
+            return
+        requests = list(self._variant_pixels(rgb, digest, planned.missing)) if planned.missing else []
 
         def key(name: str) -> ExampleKey:
             label = self._background_label if name.startswith("bg-") else kept.label
             return ExampleKey(digest, kept.uri, kept.record_id, label, kept.split, name)
 
-        for variant in wanted:
-            if variant.name in cached:
+        for variant in planned.wanted:
+            if variant.name in planned.cached:
                 self._counters.inc(CACHE_HITS)
-                yield key(variant.name).record(cached[variant.name], self._backbone)
+                yield key(variant.name).record(planned.cached[variant.name], self._backbone)
         for variant, pixels in requests:
             yield beam.pvalue.TaggedOutput(REQUESTS_TAG, (key(variant.name), pixels))
         if requests:
@@ -283,6 +324,7 @@ def build_pipeline(pipeline, config: BottleneckConfig, artifact_dir: str, finger
     planned = (
         {"candidates": hashed["candidates"], "cache": cached}
         | "JoinCache" >> beam.CoGroupByKey()
+        | "BatchForDecode" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
         | "Plan" >> beam.ParDo(_PlanDoFn(config, backbone, decode_side(fingerprint.input_size, fingerprint.crop_fraction),
                                          decode_side(fingerprint.input_size, fingerprint.crop_fraction, config.tiles))).with_outputs(REQUESTS_TAG, DEAD_LETTER_TAG, main="ready")
     )
