@@ -332,10 +332,11 @@ def write_stored_embeddings(folder: Path, n: int, dim: int, labels: list[str], s
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from beam_jobs.scoring.parquet_sink import write_options
     from schemas import scores as schema
 
     stamp = folder / "stamp.json"
-    wanted = json.dumps({"n": n, "dim": dim, "labels": labels, "seed": seed, "rows_per_file": rows_per_file, "v": 4})
+    wanted = json.dumps({"n": n, "dim": dim, "labels": labels, "seed": seed, "rows_per_file": rows_per_file, "v": 5})
     if stamp.is_file() and stamp.read_text() == wanted:
         return folder / "scores"
     shutil.rmtree(folder, ignore_errors=True)
@@ -370,8 +371,8 @@ def write_stored_embeddings(folder: Path, n: int, dim: int, labels: list[str], s
         part = folder / "scores" / f"dt=2026-11-0{1 + f % 7}"
         part.mkdir(parents=True, exist_ok=True)
         files = -(-n // rows_per_file)  # the job's part-file names: readers take only those
-        pq.write_table(table, part / f"part-bench-{f:05d}-of-{files:05d}.parquet", compression="zstd",
-                       row_group_size=rows_per_file)
+        pq.write_table(table, part / f"part-bench-{f:05d}-of-{files:05d}.parquet", row_group_size=rows_per_file,
+                       **write_options(arrow))  # as the scoring job writes --write-embedding output
     stamp.write_text(wanted)
     return folder / "scores"
 

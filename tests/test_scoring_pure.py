@@ -103,3 +103,39 @@ def test_duplicate_posts_resolve_deterministically_even_with_nulls():
     assert outputs[0].record.metadata["caption"] == "a"
     assert [o.value.reason for o in outputs[1:]] == ["duplicate_post_id", "duplicate_post_id"]
     assert list(_one_per_post(("p", posts[::-1])))[0] == outputs[0]
+
+
+def test_scores_files_store_embeddings_plain_and_the_rest_compressed(tmp_path):
+    """The embedding column is written plain and uncompressed (a dictionary fallback on float noise made decoding
+    rescoring's bottleneck); every other column keeps zstd; both writers make the same bytes; DuckDB reads it."""
+    import io
+
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from beam_jobs.scoring.parquet_sink import encode_arrow, encode_table
+
+    arrow = schema.scores_schema(["acme", "neither"], ["user"], with_embedding=True, embedding_dim=8)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(50):
+        row = {f.name: None for f in arrow}
+        row.update({schema.POST_ID: f"p{i:03d}", schema.IMAGE_URI: f"/x/{i}.jpg", schema.RESOLVED_URI: f"/x/{i}.jpg",
+                    schema.CONTENT_HASH: f"{i:064x}", schema.LABEL: "acme", schema.CONFIDENCE: 0.9, schema.BRAND_SCORE: 0.9,
+                    schema.BRAND_FOUND: True, schema.MODEL_VERSION: "m", schema.BACKBONE: "b",
+                    schema.SCORED_AT: dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc), schema.BRANDS: [], schema.BOX: [],
+                    "score_acme": 0.9, "score_neither": 0.1, "user": "u", schema.EMBEDDING: rng.random(8).tolist()})
+        rows.append(row)
+    data = encode_table(rows[::-1], arrow)
+    assert data == encode_arrow([pa.Table.from_pylist(rows, schema=arrow)], arrow)
+    meta = pq.ParquetFile(io.BytesIO(data)).metadata.row_group(0)
+    columns = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    embedding = columns[f"{schema.EMBEDDING}.list.element"]
+    assert embedding.compression == "UNCOMPRESSED" and "RLE_DICTIONARY" not in embedding.encodings
+    assert all(c.compression == "ZSTD" for path, c in columns.items() if not path.startswith(schema.EMBEDDING))
+    assert "RLE_DICTIONARY" in columns[schema.POST_ID].encodings
+    (tmp_path / "part.parquet").write_bytes(data)
+    got = duckdb.sql(f"select post_id, embedding from read_parquet('{tmp_path / 'part.parquet'}') order by post_id").fetchall()
+    assert [g[0] for g in got] == [r[schema.POST_ID] for r in rows]
+    np.testing.assert_allclose(np.array([g[1] for g in got]), np.array([r[schema.EMBEDDING] for r in rows]), rtol=1e-6)

