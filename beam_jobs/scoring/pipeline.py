@@ -108,11 +108,6 @@ class _DecodeAndPrepare(beam.DoFn):
         yield slim, np.stack(prepared)
 
 
-# Posts per decode call, in model batches: the decode threads work on the next model batches while RunInference
-# runs the forward pass of the one just completed (its batches fill, and run, as this step yields).
-DECODE_BATCHES = 4
-
-
 class _DecodeAndPrepareBatch(_DecodeAndPrepare):
     """The same for a batch of posts, decoded by one thread per core: Pillow's decoders and TensorFlow's
     resize release the GIL, and decoding phone photos costs as much as the forward pass. Each post still
@@ -194,8 +189,7 @@ def build_pipeline(pipeline, config: ScoringConfig, card: ModelCard, carried: tu
     )
     prepared = (
         fetched["posts"]
-        | "BatchForDecode" >> beam.BatchElements(min_batch_size=DECODE_BATCHES * config.batch_size,
-                                                  max_batch_size=DECODE_BATCHES * config.batch_size)
+        | "BatchForDecode" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
         | "DecodeAndPrepare" >> beam.ParDo(_DecodeAndPrepareBatch(
             card.input_size, card.crop_fraction, card.resize_mode, config.multi_crop, config.max_pixels)).with_outputs(DEAD_LETTER_TAG, main="views")
     )
