@@ -36,7 +36,8 @@ def _cmd_bottlenecks(args: argparse.Namespace) -> int:
     counts = summary["counts"]
     print(f"{summary['output']}: written {counts['written']}, examples {counts['examples']}, "
           f"dead-lettered {counts['dead_lettered']}, duplicates {counts['duplicates']}, "
-          f"CNN images {counts['cnn_images']}, cache hits {counts['cache_hits']} in {summary['seconds']['total']} s")
+          f"CNN images {counts['cnn_images']}, cache hits {counts['cache_hits']} in {summary['seconds']['total']} s"
+          + (f" (inputs unchanged: run {summary['reused']['run_id']} restored)" if summary.get("reused") else ""))
     return 0
 
 

@@ -56,7 +56,8 @@ def run_demo(config: DemoConfig) -> int:
     counts = bottlenecks["counts"]
     print(f"[2/5] bottleneck job: {counts['read']} images read, examples per split {counts['examples']}, dead-lettered "
           f"{sum(counts['dead_lettered'].values())}, CNN images {counts['cnn_images']}, cache hits {counts['cache_hits']} "
-          f"(backbone {bottlenecks['backbone']['version']}) -> {work / 'bottlenecks'}")
+          f"(backbone {bottlenecks['backbone']['version']}) -> {work / 'bottlenecks'}"
+          + (f" (inputs unchanged: run {bottlenecks['reused']['run_id']} restored)" if bottlenecks.get("reused") else ""))
 
     metrics = run_training(TrainConfig(work / "bottlenecks", work / "model", artifact_root=config.backbone.artifact_root, overwrite=True))
     test = metrics["test"]
