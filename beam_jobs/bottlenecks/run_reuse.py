@@ -67,13 +67,10 @@ class FileDigests:
         known = self._memo.get(path)
         if known and known[:4] == stamp:
             return known[4]
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        self._memo[path] = stamp + [digest.hexdigest()]
+        digest = keyed_store.sha256(path)
+        self._memo[path] = stamp + [digest]
         self._changed = True
-        return digest.hexdigest()
+        return digest
 
     def save(self) -> None:
         """Write the memo (atomically: a concurrent run's copy is replaced whole, never mixed)."""

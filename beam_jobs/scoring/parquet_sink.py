@@ -14,7 +14,6 @@ the same rows always land in the same file, sorted by post id.
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import io
 import math
