@@ -154,3 +154,20 @@ def test_batch_decode_keeps_every_post_alone():
     assert views[0][0].record.data is None and views[0][0].content_hash
     assert sorted(d.record_id for d in dead) == ["corrupt", "empty"]
     assert {d.record_id: d.reason for d in dead}["empty"] == "empty"
+
+
+def test_file_digests_are_remembered_until_a_file_is_written_and_a_bad_memo_is_ignored(tmp_path):
+    import hashlib
+
+    from beam_jobs.bottlenecks.run_reuse import MISSING, FileDigests
+
+    image, memo = tmp_path / "a.jpg", tmp_path / "memo" / "file-digests.json"
+    image.write_bytes(b"one")
+    first = FileDigests(str(memo))
+    assert first.digest(str(image)) == hashlib.sha256(b"one").hexdigest()
+    assert first.digest(str(tmp_path / "gone.jpg")) == MISSING
+    first.save()
+    image.write_bytes(b"two")  # same size: the write still changes mtime/ctime, so it is hashed again
+    assert FileDigests(str(memo)).digest(str(image)) == hashlib.sha256(b"two").hexdigest()
+    memo.write_text("{not json")
+    assert FileDigests(str(memo)).digest(str(image)) == hashlib.sha256(b"two").hexdigest()
