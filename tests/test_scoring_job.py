@@ -162,6 +162,20 @@ def test_rescore_from_stored_embeddings_needs_no_cnn(scored, sample_model, sampl
         assert other[schema.BOX] == [] and other[schema.BRAND_FOUND] == brand
     assert any(r[schema.BRANDS] for r in again.values()) and not all(r[schema.BRANDS] for r in again.values())
 
+    # Shards sized by the stored files' footers: as many files per partition, holding the same posts, as counting
+    # the scored rows would give.
+    from beam_jobs.scoring.parquet_sink import stable_hash
+
+    sharded = tmp_path / "sharded"
+    rescore(RescoreConfig(str(with_embedding / "scores"), str(sample_model), OutputConfig(str(sharded), rows_per_file=3, scored_at=SCORED_AT)))
+    for folder in sorted((with_embedding / "scores").glob("dt=*")):
+        ids = {r[schema.POST_ID] for r in _rows(with_embedding) if f"dt={r['dt']}" == folder.name}
+        files = sorted((sharded / "scores" / folder.name).glob("*.parquet"))
+        assert len(files) == -(-len(ids) // 3)
+        for shard, path in enumerate(files):
+            in_file = set(pq.read_table(path).column(schema.POST_ID).to_pylist())
+            assert in_file == {i for i in ids if stable_hash(i) % len(files) == shard}
+
     from_examples = tmp_path / "from-examples"
     summary = rescore(RescoreConfig(str(sample_bottlenecks), str(sample_model), OutputConfig(str(from_examples), scored_at=SCORED_AT)))
     rows = _rows(from_examples)

@@ -30,7 +30,7 @@ from beam_jobs.scoring.config import NAMESPACE, SCORES_DIR, RescoreConfig, Scori
 from beam_jobs.scoring.model import read_model_card
 from beam_jobs.scoring.parquet_sink import encode_arrow, kept_file_name, kept_rows, run_key
 from beam_jobs.scoring.pipeline import SCORED, build_pipeline, build_rescore_pipeline
-from beam_jobs.scoring.stored import EmbeddingBatch, ReadStoredEmbeddings
+from beam_jobs.scoring.stored import EmbeddingBatch, ReadStoredEmbeddings, rows_per_partition
 from brandlens import __version__, commit, fileio
 from brandlens.errors import BrandlensError, ConfigError
 from brandlens.imaging import TOO_LARGE
@@ -302,6 +302,7 @@ def rescore(config: RescoreConfig) -> dict:
     scored_at = config.out.scored_at or started_at
     examples = _bottleneck_pattern(config.embeddings)
     pipeline = beam.Pipeline(options=config.runner.pipeline_options())
+    counts = None  # rows per partition, where the input's footers say it
     if examples:
         carried = (("source_label", "source_label"), ("source_split", "source_split"))
         embeddings = (pipeline | "ReadExamples" >> beam.io.ReadFromTFRecord(examples)
@@ -331,12 +332,13 @@ def rescore(config: RescoreConfig) -> dict:
         columns = [schema.POST_ID, *uris, schema.CONTENT_HASH, schema.EMBEDDING] + [n for n, _ in carried]
         embeddings = (pipeline | "PartFiles" >> beam.Create(files)
                       | "ReadParquet" >> ReadStoredEmbeddings(columns))
+        counts = rows_per_partition(files)
     identity = input_identity(source)
     run_id = run_key_for(config.out.output, "rescore", card.version_id, identity)
     arrow = schema.scores_schema(list(card.labels), [out for out, _ in carried])
     check_schema(config.out.output, run_id, arrow)
     staged = _stage(config, run_id)
-    build_rescore_pipeline(pipeline, staged, card, embeddings, carried, run_id, scored_at)
+    build_rescore_pipeline(pipeline, staged, card, embeddings, carried, run_id, scored_at, counts)
     result = pipeline.run()
     result.wait_until_finish()
     summary = _summary("rescore", config, card, run_id, scored_at, started, started_at, result,

@@ -194,7 +194,7 @@ def _shard_tables(item, counts, rows_per_file: int):
     import numpy as np
 
     partition, table = item
-    shards = max(1, math.ceil(counts[partition] / rows_per_file))
+    shards = max(1, math.ceil(counts.get(partition, 0) / rows_per_file))
     if shards == 1:
         yield (partition, 0, 1), table
         return
@@ -211,13 +211,25 @@ class WriteScoresParquetBatched(_ScoresSink):
     hundreds of thousands of posts per second needs whole batches end to end.
     """
 
+    def __init__(self, output: str, arrow_schema: pa.Schema, run: str, rows_per_file: int = 100_000,
+                 counts: dict | None = None):
+        """``counts``: rows per partition when known before the run (stored Parquet's footers). They only size
+        the shards; without them the tables are counted first, a side input that holds every table back until
+        the last is scored (in memory on the DirectRunner)."""
+        super().__init__(output, arrow_schema, run, rows_per_file)
+        self._counts = None if counts is None else dict(counts)
+
     def expand(self, tables):
-        counts = (tables
-                  | "RowsPerTable" >> beam.MapTuple(lambda partition, table: (partition, table.num_rows))
-                  | "CountPerPartition" >> beam.CombinePerKey(sum))
+        if self._counts is not None:
+            counts = self._counts
+        else:
+            counts = beam.pvalue.AsDict(
+                tables
+                | "RowsPerTable" >> beam.MapTuple(lambda partition, table: (partition, table.num_rows))
+                | "CountPerPartition" >> beam.CombinePerKey(sum))
         written = (
             tables
-            | "AssignShards" >> beam.FlatMap(_shard_tables, counts=beam.pvalue.AsDict(counts), rows_per_file=self._rows_per_file)
+            | "AssignShards" >> beam.FlatMap(_shard_tables, counts=counts, rows_per_file=self._rows_per_file)
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteParquetFiles" >> beam.ParDo(_WriteShard(self._output, self._run, self._schema, tables=True))
         )

@@ -319,10 +319,12 @@ def _rescore_failures(item):
 
 
 def build_rescore_pipeline(pipeline, config: RescoreConfig, card: ModelCard, batches,
-                           carried: tuple[tuple[str, str], ...], run: str, scored_at: dt.datetime):
+                           carried: tuple[tuple[str, str], ...], run: str, scored_at: dt.datetime,
+                           rows_per_partition: dict | None = None):
     """``batches``: a PCollection of EmbeddingBatch (partition, pyarrow table of post_id, image_uri, content_hash and
     the carried columns, float32 [N, D] embeddings) -> Parquet rows through the head only, batch by batch (counts ``read``);
-    a chunk the head fails on is dead-lettered row by row."""
+    a chunk the head fails on is dead-lettered row by row. ``rows_per_partition``, when the input says it up front,
+    sizes the output files without counting the scored rows first."""
     arrow = schema.scores_schema(list(card.labels), [out for out, _ in carried])
     counters = Counters(NAMESPACE)
 
@@ -341,5 +343,6 @@ def build_rescore_pipeline(pipeline, config: RescoreConfig, card: ModelCard, bat
     return (
         scored.results
         | "ToOutputTables" >> beam.Map(_RescoredTable(card, scored_at, carried, arrow))
-        | "WriteParquet" >> WriteScoresParquetBatched(config.out.scores_dir, arrow, run, config.out.rows_per_file)
+        | "WriteParquet" >> WriteScoresParquetBatched(config.out.scores_dir, arrow, run, config.out.rows_per_file,
+                                                      rows_per_partition)
     )

@@ -93,6 +93,19 @@ def iter_file(path: str, columns: list[str], batch_rows: int = DEFAULT_BATCH_ROW
                 yield EmbeddingBatch(partition, meta, embeddings)
 
 
+def rows_per_partition(paths: list[str]) -> dict:
+    """Rows per partition of stored Parquet files, from their footers (no data read)."""
+    import pyarrow.parquet as pq
+
+    counts: dict = {}
+    for path in paths:
+        with FileSystems.open(path) as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        partition = partition_of_file(path)
+        counts[partition] = counts.get(partition, 0) + rows
+    return counts
+
+
 _DONE = object()
 
 
