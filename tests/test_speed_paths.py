@@ -129,7 +129,8 @@ def test_stored_embeddings_stream_every_batch_from_parallel_readers(tmp_path):
 
 
 def test_batch_decode_keeps_every_post_alone():
-    """One thread per core over a batch of posts: a good post gives its views, each bad one its own dead letter."""
+    """One thread per core over batches of posts, decoding ahead across batches: a good post gives its views, each
+    bad one its own dead letter, in input order, once; what is still in flight is emitted when the bundle ends."""
     import io
 
     from PIL import Image
@@ -139,20 +140,37 @@ def test_batch_decode_keeps_every_post_alone():
 
     jpeg = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 30, 30)).save(jpeg, "JPEG")
-    posts = [Post("good", "2026-12-01", ImageRecord("good.jpg", "good", data=jpeg.getvalue())),
-             Post("corrupt", "2026-12-01", ImageRecord("corrupt.jpg", "corrupt", data=b"\xff\xd8 not a jpeg")),
-             Post("empty", "2026-12-01", ImageRecord("empty.jpg", "empty", data=b""))]
-    fn = _DecodeAndPrepareBatch(16, 1.0, "squash", 1, 10_000_000)
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.timestamp import MIN_TIMESTAMP
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    def good(name):
+        return Post(name, "2026-12-01", ImageRecord(f"{name}.jpg", name, data=jpeg.getvalue()))
+
+    posts = [good("good"), Post("corrupt", "2026-12-01", ImageRecord("corrupt.jpg", "corrupt", data=b"\xff\xd8 not a jpeg")),
+             Post("empty", "2026-12-01", ImageRecord("empty.jpg", "empty", data=b"")), good("good2"), good("good3")]
+    fn = _DecodeAndPrepareBatch(16, 1.0, "squash", 1, 10_000_000, ahead=2)
     fn.setup()
     try:
-        out = list(fn.process(posts))
+        fn.start_bundle()
+        during = [list(fn.process(batch, MIN_TIMESTAMP, GlobalWindow())) for batch in (posts[:3], posts[3:])]
+        at_end = list(fn.finish_bundle())
     finally:
         fn.teardown()
-    views = [o for o in out if not hasattr(o, "tag")]
-    dead = [o.value for o in out if getattr(o, "tag", None) == DEAD_LETTER_TAG]
-    assert [(post.post_id, array.shape) for post, array in views] == [("good", (1, 16, 16, 3))]
+    assert [len(d) for d in during] == [1, 2] and len(at_end) == 2  # two posts in flight at each step
+    assert all(isinstance(o.value if hasattr(o, "tag") else o, WindowedValue) for o in at_end)
+
+    def unwrap(o):
+        inner = getattr(o, "value", o) if hasattr(o, "tag") else o
+        inner = inner.value if isinstance(inner, WindowedValue) else inner
+        return (o.tag, inner) if hasattr(o, "tag") else (None, inner)
+
+    out = [unwrap(o) for o in during[0] + during[1] + at_end]
+    views = [value for tag, value in out if tag is None]
+    dead = [value for tag, value in out if tag == DEAD_LETTER_TAG]
+    assert [(post.post_id, array.shape) for post, array in views] == [(n, (1, 16, 16, 3)) for n in ("good", "good2", "good3")]
     assert views[0][0].record.data is None and views[0][0].content_hash
-    assert sorted(d.record_id for d in dead) == ["corrupt", "empty"]
+    assert [d.record_id for d in dead] == ["corrupt", "empty"]
     assert {d.record_id: d.reason for d in dead}["empty"] == "empty"
 
 

@@ -12,6 +12,7 @@ head only (RunInference over chunks of rows of ``EmbeddingBatch``es, ``beam_jobs
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import functools
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs.common.accounting import READ, CountAs, Counters, WriteDeadLetters
 from beam_jobs.common.images import decode, prepare_image
@@ -109,15 +111,27 @@ class _DecodeAndPrepare(beam.DoFn):
 
 
 class _DecodeAndPrepareBatch(_DecodeAndPrepare):
-    """The same for a batch of posts, decoded by one thread per core: Pillow's decoders and TensorFlow's
+    """The same for batches of posts, decoded by one thread per core: Pillow's decoders and TensorFlow's
     resize release the GIL, and decoding phone photos costs as much as the forward pass. Each post still
-    ends alone: its views, or its own dead letter."""
+    ends alone: its views, or its own dead letter.
+
+    Up to ``ahead`` posts (one model batch) are decoded while the model scores the batch before them: a
+    batch's posts are emitted only as later ones are submitted, across batches, and the last are emitted
+    when the bundle finishes. Without it the pool idled through every forward pass.
+    """
+
+    def __init__(self, size: int, crop_fraction: float, resize_mode: str, grid: int, max_pixels: int, ahead: int = 32):
+        super().__init__(size, crop_fraction, resize_mode, grid, max_pixels)
+        self._ahead = max(1, ahead)
 
     def setup(self):
         self._pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="decode")
 
     def teardown(self):
         self._pool.shutdown(wait=False)
+
+    def start_bundle(self):
+        self._pending: collections.deque = collections.deque()  # (future, timestamp, windows) in input order
 
     def _one(self, post: Post) -> list:
         try:
@@ -126,9 +140,20 @@ class _DecodeAndPrepareBatch(_DecodeAndPrepare):
             return [beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, post.record.dead_letter(
                 STAGE_DECODE, PREPARE_FAILED, f"{type(exc).__name__}: {exc}"))]
 
-    def process(self, posts):
-        for outputs in self._pool.map(self._one, posts):
-            yield from outputs
+    def process(self, posts, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        for post in posts:
+            self._pending.append((self._pool.submit(self._one, post), timestamp, window))
+            while len(self._pending) > self._ahead:
+                yield from self._pending.popleft()[0].result()
+
+    def finish_bundle(self):
+        while self._pending:
+            future, timestamp, window = self._pending.popleft()
+            for output in future.result():
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(output.tag, WindowedValue(output.value, timestamp, [window]))
+                else:
+                    yield WindowedValue(output, timestamp, [window])
 
 
 class _ToRow:
@@ -191,7 +216,8 @@ def build_pipeline(pipeline, config: ScoringConfig, card: ModelCard, carried: tu
         fetched["posts"]
         | "BatchForDecode" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
         | "DecodeAndPrepare" >> beam.ParDo(_DecodeAndPrepareBatch(
-            card.input_size, card.crop_fraction, card.resize_mode, config.multi_crop, config.max_pixels)).with_outputs(DEAD_LETTER_TAG, main="views")
+            card.input_size, card.crop_fraction, card.resize_mode, config.multi_crop, config.max_pixels,
+            ahead=config.batch_size)).with_outputs(DEAD_LETTER_TAG, main="views")
     )
     scored = prepared["views"] | "Score" >> KeyedInference(
         ImagesHandler(config.model, config.batch_size, progress_interval=config.progress_interval), NAMESPACE)
