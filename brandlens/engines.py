@@ -35,6 +35,7 @@ ENGINES = (SAVEDMODEL, TFLITE, TFLITE_INT8)
 DEFAULT_ENGINE = TFLITE
 TFLITE_CHUNK = 8  # images per interpreter call: XNNPACK ran fastest at 4-8 here, not at 32
 EMBEDDING = "embedding"
+FEATURE_MAP = "feature_map"
 
 
 def engine_cache() -> Path:
@@ -59,6 +60,9 @@ class SavedModelEngine:
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         return self._fn(self._tf.convert_to_tensor(images, self._tf.float32))[EMBEDDING].numpy()
+
+    def feature_map(self, images: np.ndarray) -> np.ndarray:
+        return self._fn(self._tf.convert_to_tensor(images, self._tf.float32))[FEATURE_MAP].numpy()
 
 
 def convert(saved_model_dir: str | Path, engine: str, key: str, within: tuple[str, ...] = (),
@@ -102,12 +106,23 @@ class TFLiteEngine:
         outputs = self._runner.get_output_details()
         self._output = EMBEDDING if EMBEDDING in outputs else next(
             n for n, d in outputs.items() if len(d["shape"]) == 2 and d["shape"][1] != 1000)
+        self._map_output = FEATURE_MAP if FEATURE_MAP in outputs else next(
+            (n for n, d in outputs.items() if len(d["shape"]) == 4), None)
         self._lock = threading.Lock()
 
     def embed(self, images: np.ndarray) -> np.ndarray:
+        return self._run(images, self._output)
+
+    def feature_map(self, images: np.ndarray) -> np.ndarray:
+        """The backbone's final map [N, h, w, C] (the embedding is its mean)."""
+        if self._map_output is None:
+            raise ValueError(f"this {self.name} model has no feature map output")
+        return self._run(images, self._map_output)
+
+    def _run(self, images: np.ndarray, output: str) -> np.ndarray:
         images = np.ascontiguousarray(images, np.float32)
         with self._lock:
-            parts = [self._runner(**{self._input: images[i:i + self._chunk]})[self._output]
+            parts = [self._runner(**{self._input: images[i:i + self._chunk]})[output]
                      for i in range(0, len(images), self._chunk)]
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
@@ -129,6 +144,9 @@ class BackboneEngine:
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         return self.engine.embed(images)
+
+    def feature_map(self, images: np.ndarray) -> np.ndarray:
+        return self.engine.feature_map(images)
 
 
 def load_backbone(artifact_dir: str | Path, engine: str = DEFAULT_ENGINE) -> BackboneEngine:

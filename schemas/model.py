@@ -29,15 +29,20 @@ An export directory holds:
   photos the embeddings differ by at most 0.136 (values average 0.156; lowest
   cosine similarity 0.9987; bench/RESULTS-performance.md, 2026-12-02). The jobs also run the backbone on
   ``brandlens.engines``' default engine (TFLite, embeddings within ~1e-5), not on
-  this SavedModel, where the export is backbone + ``head/`` without evidence outputs
-  (otherwise on this SavedModel; ``beam_jobs.scoring.model.ScoringModel``).
+  this SavedModel, where the export is backbone + ``head/`` (with evidence outputs: the engine's
+  final map through ``head/``'s ``score_maps``); an export with adapted blocks is scored on this
+  SavedModel (``beam_jobs.scoring.model.ScoringModel``).
 - ``tf_serving/<version>/``: the same serving SavedModel in TF Serving's
   layout (``--model_base_path=<export>/tf_serving``; the version is the export's
   UTC creation time, YYYYMMDDhhmmss), with ``assets.extra/model_card.json``;
   ``python -m trainer.serving_layout EXPORT BASE`` publishes it to a shared base path.
 - ``head/``: SavedModel ``serving_default(embedding: float32[N, D])`` returning
   ``OUTPUTS`` from a raw (untransformed) embedding: rescoring without the CNN.
-  A pooled embedding has no locations left, so the head makes no evidence outputs.
+  A pooled embedding has no locations left, so that signature makes no evidence outputs;
+  ``score_maps(feature_map: float32[N, h, w, D])`` takes the backbone's final map instead and returns
+  what ``score_images`` returns for the images that map came from (the embedding is the map's mean):
+  the jobs run the backbone on a faster engine and finish with it. Written for exports whose
+  ``score_images`` makes evidence outputs; an export without it is scored on its SavedModel.
 - ``model_card.json``: ``MODEL_CARD_FIELDS`` below.
 """
 
@@ -49,10 +54,12 @@ MODEL_CARD = "model_card.json"
 SIG_BYTES = "serving_default"
 SIG_IMAGES = "score_images"
 SIG_EMBEDDING = "serving_default"
+SIG_MAPS = "score_maps"
 
 INPUT_BYTES = "image_bytes"
 INPUT_IMAGES = "images"
 INPUT_EMBEDDING = "embedding"
+INPUT_FEATURE_MAP = "feature_map"
 
 OUT_SCORES = "scores"          # float32 [N, C], softmax over MODEL_CARD["labels"] order
 OUT_LABEL = "label"            # string [N], after the threshold rule

@@ -219,9 +219,13 @@ def test_multi_crop_keeps_the_most_brand_like_view(posts, scored, sample_model, 
         assert max(row["score_acme"], row["score_zenith"]) >= max(base["score_acme"], base["score_zenith"]) - 1e-6
 
 
-def test_engine_seam_falls_back_where_backbone_plus_head_is_not_the_whole_model(sample_model, tmp_path):
-    """TFLite runs only the backbone: an export with evidence outputs, or without head/, scores on its SavedModel."""
+def test_engine_seam_runs_the_backbone_on_tflite_and_falls_back_where_it_cannot(sample_model, tmp_path):
+    """TFLite runs the backbone; the head finishes from its embedding, or, for evidence outputs, from its final map
+    (head/'s score_maps): every output within the engine's tolerance of the SavedModel's. An export without
+    score_maps (written before it), or without head/, scores on its SavedModel."""
     import shutil
+
+    import tensorflow as tf
 
     from beam_jobs.scoring.model import ScoringModel
     from brandlens import engines
@@ -229,13 +233,26 @@ def test_engine_seam_falls_back_where_backbone_plus_head_is_not_the_whole_model(
 
     images = np.random.default_rng(0).uniform(0, 255, (2, *[ScoringModel(sample_model).card.input_size] * 2, 3)).astype(np.float32)
     reference = ScoringModel(sample_model).score_images(images)
+    assert any(name in reference for name in contract.EVIDENCE_OUTPUTS)  # the sample export makes boxes
     model = ScoringModel(sample_model, engines.TFLITE)
     model.load(contract.SERVING_DIR)
-    has_evidence = any(name in reference for name in contract.EVIDENCE_OUTPUTS)
-    assert model.engine == (engines.SAVEDMODEL if has_evidence else engines.TFLITE)
+    assert model.engine == engines.TFLITE
     out = model.score_images(images)
-    np.testing.assert_allclose(out["scores"], reference["scores"], atol=1e-4)
-    assert set(reference) <= set(out)
+    assert set(out) == set(reference)
+    for name in (contract.OUT_SCORES, contract.OUT_CONFIDENCE, contract.OUT_REGION_SCORES, contract.OUT_EVIDENCE_MAPS):
+        np.testing.assert_allclose(out[name], reference[name], atol=1e-3, err_msg=name)
+    np.testing.assert_allclose(out[contract.OUT_EMBEDDING], reference[contract.OUT_EMBEDDING], atol=1e-4)
+    assert list(out[contract.OUT_LABEL]) == list(reference[contract.OUT_LABEL])
+
+    older = tmp_path / "older"  # head/ with serving_default only, as exports made before score_maps
+    shutil.copytree(sample_model, older)
+    head = tf.saved_model.load(str(older / contract.HEAD_DIR))
+    shutil.rmtree(older / contract.HEAD_DIR)
+    tf.saved_model.save(head, str(older / contract.HEAD_DIR), signatures={contract.SIG_EMBEDDING: head.serve})
+    model = ScoringModel(str(older), engines.TFLITE)
+    model.load(contract.SERVING_DIR)
+    assert model.engine == engines.SAVEDMODEL
+    np.testing.assert_allclose(model.score_images(images)["scores"], reference["scores"], atol=1e-6)
 
     headless = tmp_path / "headless"
     shutil.copytree(sample_model, headless)

@@ -95,6 +95,11 @@ def _modules(weights, scale, shift, labels, neither_index, threshold, version_id
         def serve(self, embedding):
             return self.outputs(embedding)
 
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, dim], tf.float32, name=contract.INPUT_FEATURE_MAP)])
+        def serve_maps(self, feature_map):
+            """From the backbone's final map, as ``score_images`` computes after the backbone."""
+            return self.outputs(tf.reduce_mean(feature_map, axis=[1, 2]), feature_map)
+
     head = Head()
     if backbone_dir is None:
         return head, None
@@ -172,10 +177,14 @@ def export_model(config, data, run, metrics: dict) -> dict:
     weights = run.fit.weights
     head, serving = _modules(weights, data.scale, data.shift, data.labels, data.neither_index,
                              run.threshold_value, version_id, artifact, data.fingerprint, data.cut)
-    if not weights.adapts_blocks:  # a head on adapted blocks cannot take the frozen backbone's embedding
-        tf.saved_model.save(head, str(output / contract.HEAD_DIR), signatures={contract.SIG_EMBEDDING: head.serve})
     tf.saved_model.save(serving, str(output / contract.SERVING_DIR),
                         signatures={contract.SIG_BYTES: serving.score_bytes, contract.SIG_IMAGES: serving.score_images})
+    if not weights.adapts_blocks:  # a head on adapted blocks cannot take the frozen backbone's embedding
+        signatures = {contract.SIG_EMBEDDING: head.serve}
+        made = serving.score_images.get_concrete_function().structured_outputs
+        if any(name in made for name in contract.EVIDENCE_OUTPUTS):  # the embedding is the final map's mean
+            signatures[contract.SIG_MAPS] = head.serve_maps
+        tf.saved_model.save(head, str(output / contract.HEAD_DIR), signatures=signatures)
 
     check = verify_export(output, data, run.scores["test"], config.verify_images,
                           config.image_root or default_image_root(data), read_bytes, resolve_uri)

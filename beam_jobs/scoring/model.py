@@ -84,9 +84,11 @@ class ScoringModel:
 
     ``engine`` (``brandlens.engines``) runs ``score_images``: ``savedmodel`` calls the serving
     signature; any other engine runs the serving model's own backbone on that engine, then the
-    head (what the signature computes, to the engine's tolerance; ``schemas/model.py``). That
-    holds only for exports that are backbone + ``head/``: one with adapted blocks (no ``head/``)
-    or with evidence outputs (boxes need the final map) is scored on its SavedModel instead.
+    head (what the signature computes, to the engine's tolerance; ``schemas/model.py``): on the
+    embedding, or, where the export makes evidence outputs (boxes need the final map), on the final
+    map through ``head/``'s ``score_maps``. That holds only for exports that are backbone + ``head/``:
+    one with adapted blocks (no ``head/``), or with evidence outputs but no ``score_maps`` (exported
+    before it existed), is scored on its SavedModel instead.
     """
 
     def __init__(self, export_dir: str, engine: str = engines.SAVEDMODEL):
@@ -99,6 +101,8 @@ class ScoringModel:
         local = fileio.localize_dir(export_dir)
         self._serving = None
         self._head = None
+        self._maps = None       # head/'s score_maps, where the engine's final map goes (exports with evidence)
+        self._from_maps = False
         self._engine = None
         self._tf = tf
         self._local = Path(local)
@@ -108,7 +112,7 @@ class ScoringModel:
         """Load ``serving/`` or ``head/`` now (model load time belongs to loading, not to the first batch)."""
         if folder == contract.SERVING_DIR and self._engine_applies():
             self._backbone_engine()
-            self._signature("_head", contract.HEAD_DIR, contract.SIG_EMBEDDING)
+            self._signature(*self._head_part())
         elif folder == contract.SERVING_DIR:
             self._signature("_serving", contract.SERVING_DIR, contract.SIG_IMAGES)
         else:
@@ -132,8 +136,10 @@ class ScoringModel:
         else:
             outputs = self._signature("_serving", contract.SERVING_DIR, contract.SIG_IMAGES).structured_outputs
             if any(name in outputs for name in contract.EVIDENCE_OUTPUTS):
-                reason = "its evidence outputs need the backbone's final map"
-            else:
+                self._from_maps = contract.SIG_MAPS in self._tf.saved_model.load(str(self._local / contract.HEAD_DIR)).signatures
+                if not self._from_maps:
+                    reason = f"its evidence outputs need the backbone's final map and its head/ has no {contract.SIG_MAPS}"
+            if reason is None:
                 self._serving = None  # only its backbone runs, on the engine
         if reason:
             log.info("scoring %s on its SavedModel, not %s: %s", self.card.version_id, self.engine, reason)
@@ -147,10 +153,18 @@ class ScoringModel:
                                                    self.card.backbone_version, within=("backbone",))
             return self._engine
 
+    def _head_part(self) -> tuple[str, str, str]:
+        return ("_maps", contract.HEAD_DIR, contract.SIG_MAPS) if self._from_maps else (
+            "_head", contract.HEAD_DIR, contract.SIG_EMBEDDING)
+
     def score_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Prepared float32 [N, S, S, 3] images -> the contract's outputs as numpy (on this model's engine)."""
         if self._engine is not None or self._engine_applies():
-            return self.score_embeddings(self._backbone_engine().embed(images))
+            if not self._from_maps:
+                return self.score_embeddings(self._backbone_engine().embed(images))
+            maps = self._backbone_engine().feature_map(images)
+            out = self._signature(*self._head_part())(**{contract.INPUT_FEATURE_MAP: self._tf.convert_to_tensor(maps)})
+            return _numpy(out)
         signature = self._signature("_serving", contract.SERVING_DIR, contract.SIG_IMAGES)
         out = signature(**{contract.INPUT_IMAGES: self._tf.convert_to_tensor(images, self._tf.float32)})
         return _numpy(out)
