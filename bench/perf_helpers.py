@@ -505,9 +505,12 @@ def render_report(fig: dict, meta: dict, notes: str = "") -> str:
          fig.get("scoring_n_peak_rss")),
         ("5", "peer: Beam's RunInference + TFModelHandlerTensor + PIL resize example, same images, process wall",
          ratio(meta["n"], fig.get("peer_wall_s")), f"{_fmt(fig.get('peer_wall_s'))} s", fig.get("peer_peak_rss")),
-        ("6a", f"rescoring {meta.get('rescore_n', 0):,} stored embeddings, head only (job summary)", fig.get("rescore_pps"),
+        ("6a", f"rescoring {meta.get('rescore_n', 0):,} stored embeddings, head only (job summary), first run: stored "
+               "files partly evicted from the page cache, read from disk", fig.get("rescore_first_pps"),
+         f"{_fmt(fig.get('rescore_first_seconds'))} s", None),
+        ("6b", "the same, second run: stored files in the page cache (the goal's figure)", fig.get("rescore_pps"),
          f"{_fmt(fig.get('rescore_seconds'))} s", None),
-        ("6b", "rescoring, process wall", ratio(fig.get("rescore_scored"), fig.get("rescore_wall_s")),
+        ("6c", "rescoring second run, process wall", ratio(fig.get("rescore_scored"), fig.get("rescore_wall_s")),
          f"{_fmt(fig.get('rescore_wall_s'))} s", fig.get("rescore_peak_rss")),
     ]
     for num, what, rate, time_, rss in rows:

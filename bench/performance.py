@@ -634,14 +634,21 @@ def main(argv: list[str] | None = None) -> int:
             stored = write_stored_embeddings(work / f"stored-{args.rescore_n}", args.rescore_n, artifact["embedding_dim"],
                                              list(LABELS), args.seed)  # the benchmark's labels, in a fixed order: reused
             log.info("stored embeddings at %s (%.0f s)", stored, time.monotonic() - t)
-            re_run = _job(runs, "rescore", _cli("rescore", "--embeddings", str(stored), "--model", str(model), "--output",
-                                                str(runs / "rescored"), "--scored-at", SCORED_AT,
-                                                "--direct-num-workers", str(args.direct_num_workers),
-                                                "--direct-running-mode", args.direct_running_mode))
-            s = _scoring_summary(runs / "rescored")
-            fig.update(rescore_pps=s["posts_per_second"], rescore_seconds=s["seconds"], rescore_wall_s=re_run.wall_s,
-                       rescore_peak_rss=re_run.peak_rss_bytes, rescore_scored=s["counts"]["scored"])
-            shutil.rmtree(runs / "rescored", ignore_errors=True)  # ~100 MB per million posts; the figures are kept
+            # Twice: the first run reads whatever part of the 5 GB the kernel has evicted from the page cache since
+            # the files were last read (its reclaim left about half of them here); the second reads them from memory,
+            # so it measures the job, not this machine's disk. Both are reported; the goal row is the second.
+            for tag in ("rescore-first", "rescore"):
+                re_run = _job(runs, tag, _cli("rescore", "--embeddings", str(stored), "--model", str(model), "--output",
+                                              str(runs / "rescored"), "--scored-at", SCORED_AT,
+                                              "--direct-num-workers", str(args.direct_num_workers),
+                                              "--direct-running-mode", args.direct_running_mode))
+                s = _scoring_summary(runs / "rescored")
+                if tag == "rescore-first":
+                    fig.update(rescore_first_pps=s["posts_per_second"], rescore_first_seconds=s["seconds"])
+                else:
+                    fig.update(rescore_pps=s["posts_per_second"], rescore_seconds=s["seconds"], rescore_wall_s=re_run.wall_s,
+                               rescore_peak_rss=re_run.peak_rss_bytes, rescore_scored=s["counts"]["scored"])
+                shutil.rmtree(runs / "rescored", ignore_errors=True)  # ~100 MB per million posts; the figures are kept
         except Exception as exc:  # one failed part must not lose the others' figures
             log.error("%s failed: %s", "rescore", exc)
             fig.setdefault("failures", {})["rescore"] = str(exc)[-800:]
