@@ -128,7 +128,7 @@ def test_stored_embeddings_stream_every_batch_from_parallel_readers(tmp_path):
         list(stored.stream_files(paths + [str(tmp_path / "missing.parquet")], ["post_id", "embedding"], threads=2))
 
 
-def test_batch_decode_keeps_every_post_alone():
+def test_batch_decode_keeps_every_post_alone(tmp_path):
     """One thread per core over batches of posts, decoding ahead across batches: a good post gives its views, each
     bad one its own dead letter, in input order, once; what is still in flight is emitted when the bundle ends."""
     import io
@@ -148,7 +148,9 @@ def test_batch_decode_keeps_every_post_alone():
         return Post(name, "2026-12-01", ImageRecord(f"{name}.jpg", name, data=jpeg.getvalue()))
 
     posts = [good("good"), Post("corrupt", "2026-12-01", ImageRecord("corrupt.jpg", "corrupt", data=b"\xff\xd8 not a jpeg")),
-             Post("empty", "2026-12-01", ImageRecord("empty.jpg", "empty", data=b"")), good("good2"), good("good3")]
+             Post("empty", "2026-12-01", ImageRecord("empty.jpg", "empty", data=b"")), good("good2"),
+             Post("gone", "2026-12-01", ImageRecord(str(tmp_path / "gone.jpg"), "gone")),  # read in the decode thread
+             good("good3")]
     fn = _DecodeAndPrepareBatch(16, 1.0, "squash", 1, 10_000_000, ahead=2)
     fn.setup()
     try:
@@ -157,7 +159,7 @@ def test_batch_decode_keeps_every_post_alone():
         at_end = list(fn.finish_bundle())
     finally:
         fn.teardown()
-    assert [len(d) for d in during] == [1, 2] and len(at_end) == 2  # two posts in flight at each step
+    assert [len(d) for d in during] == [1, 3] and len(at_end) == 2  # two posts in flight at each step
     assert all(isinstance(o.value if hasattr(o, "tag") else o, WindowedValue) for o in at_end)
 
     def unwrap(o):
@@ -170,8 +172,9 @@ def test_batch_decode_keeps_every_post_alone():
     dead = [value for tag, value in out if tag == DEAD_LETTER_TAG]
     assert [(post.post_id, array.shape) for post, array in views] == [(n, (1, 16, 16, 3)) for n in ("good", "good2", "good3")]
     assert views[0][0].record.data is None and views[0][0].content_hash
-    assert [d.record_id for d in dead] == ["corrupt", "empty"]
-    assert {d.record_id: d.reason for d in dead}["empty"] == "empty"
+    assert [d.record_id for d in dead] == ["corrupt", "empty", "gone"]
+    reasons = {d.record_id: (d.stage, d.reason) for d in dead}
+    assert reasons["empty"][1] == "empty" and reasons["gone"] == ("fetch", "missing_file")
 
 
 def test_file_digests_are_remembered_until_a_file_is_written_and_a_bad_memo_is_ignored(tmp_path):

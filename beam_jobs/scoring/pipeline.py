@@ -1,7 +1,7 @@
 """The scoring pipeline: posts -> scored rows in Parquet, every post accounted for.
 
-    ReadPosts -> IdentifyPosts -> OnePerPostId (shuffle) -> FetchImageBytes
-      -> BatchForDecode -> DecodeAndPrepare (one thread per core; JPEGs at a reduced DCT scale)
+    ReadPosts -> IdentifyPosts -> OnePerPostId (shuffle)
+      -> BatchForDecode -> FetchDecodeAndPrepare (one thread per core: read the bytes, decode JPEGs at a reduced DCT scale)
       -> Score (RunInference: batched, one model per worker) -> ToRows -> WriteParquet
     every failure -> WriteDeadLetters
 
@@ -25,7 +25,8 @@ import numpy as np
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs.common.accounting import READ, CountAs, Counters, WriteDeadLetters
-from beam_jobs.common.images import decode, prepare_image
+from beam_jobs.common.defaults import DEFAULT_MAX_BYTES
+from beam_jobs.common.images import decode, fetch, prepare_image
 from beam_jobs.common.inference import KeyedInference
 from beam_jobs.common.progress import LogProgress
 from beam_jobs.common.records import DEAD_LETTER_TAG, STAGE_DECODE, STAGE_READ, ImageRecord
@@ -114,18 +115,20 @@ class _DecodeAndPrepare(beam.DoFn):
 
 
 class _DecodeAndPrepareBatch(_DecodeAndPrepare):
-    """The same for batches of posts, decoded by one thread per core: Pillow's decoders and TensorFlow's
-    resize release the GIL, and decoding phone photos costs as much as the forward pass. Each post still
-    ends alone: its views, or its own dead letter.
+    """The same for batches of posts, each read and decoded by one thread per core: reads, Pillow's decoders
+    and TensorFlow's resize release the GIL, and decoding phone photos costs as much as the forward pass,
+    which runs on the bundle's thread. Each post still ends alone: its views, or its own dead letter
+    (fetch or decode).
 
     Up to ``ahead`` posts are decoded while the model scores the batch before them: a batch's posts are
     emitted only as later ones are submitted, across batches, and the last are emitted when the bundle
     finishes. Without it the pool idled through every forward pass.
     """
 
-    def __init__(self, size: int, crop_fraction: float, resize_mode: str, grid: int, max_pixels: int, ahead: int = 32):
+    def __init__(self, size: int, crop_fraction: float, resize_mode: str, grid: int, max_pixels: int, ahead: int = 32,
+                 max_bytes: int = DEFAULT_MAX_BYTES):
         super().__init__(size, crop_fraction, resize_mode, grid, max_pixels)
-        self._ahead = max(1, ahead)
+        self._ahead, self._max_bytes = max(1, ahead), max_bytes
 
     def setup(self):
         self._pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="decode")
@@ -138,7 +141,10 @@ class _DecodeAndPrepareBatch(_DecodeAndPrepare):
 
     def _one(self, post: Post) -> list:
         try:
-            return list(_DecodeAndPrepare.process(self, post))
+            record = fetch(post.record, self._max_bytes)
+            if isinstance(record, DeadLetter):
+                return [beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, record)]
+            return list(_DecodeAndPrepare.process(self, dataclasses.replace(post, record=record)))
         except Exception as exc:  # a surprise in one post must not cost its batch
             return [beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, post.record.dead_letter(
                 STAGE_DECODE, PREPARE_FAILED, f"{type(exc).__name__}: {exc}"))]
@@ -210,17 +216,13 @@ def build_pipeline(pipeline, config: ScoringConfig, card: ModelCard, carried: tu
         | "GroupByPostId" >> beam.GroupByKey()
         | "OnePerPostId" >> beam.FlatMap(_one_per_post).with_outputs(DEAD_LETTER_TAG, main="posts")
     )
-    fetched = (
-        unique["posts"]
-        | "RecordOf" >> beam.Map(lambda p: (p, p.record))
-        | "FetchImageBytes" >> beam.ParDo(_FetchPost(config.max_bytes)).with_outputs(DEAD_LETTER_TAG, main="posts")
-    )
     prepared = (
-        fetched["posts"]
+        unique["posts"]
         | "BatchForDecode" >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
-        | "DecodeAndPrepare" >> beam.ParDo(_DecodeAndPrepareBatch(
+        | "FetchDecodeAndPrepare" >> beam.ParDo(_DecodeAndPrepareBatch(
             card.input_size, card.crop_fraction, card.resize_mode, config.multi_crop, config.max_pixels,
-            ahead=min(config.batch_size, DECODE_AHEAD_PER_THREAD * (os.cpu_count() or 1)))).with_outputs(DEAD_LETTER_TAG, main="views")
+            ahead=min(config.batch_size, DECODE_AHEAD_PER_THREAD * (os.cpu_count() or 1)),
+            max_bytes=config.max_bytes)).with_outputs(DEAD_LETTER_TAG, main="views")
     )
     scored = prepared["views"] | "Score" >> KeyedInference(
         ImagesHandler(config.model, config.batch_size, progress_interval=config.progress_interval), NAMESPACE)
@@ -233,29 +235,11 @@ def build_pipeline(pipeline, config: ScoringConfig, card: ModelCard, carried: tu
         | "WriteParquet" >> WriteScoresParquet(config.out.scores_dir, arrow, run, config.out.rows_per_file)
     )
     dead = (
-        (read_dead, identified[DEAD_LETTER_TAG], unique[DEAD_LETTER_TAG], fetched[DEAD_LETTER_TAG],
-         prepared[DEAD_LETTER_TAG], score_dead)
+        (read_dead, identified[DEAD_LETTER_TAG], unique[DEAD_LETTER_TAG], prepared[DEAD_LETTER_TAG], score_dead)
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteDeadLetters" >> WriteDeadLetters(f"{config.out.run_dir(run)}/dead_letters", NAMESPACE)
     )
     return {"written": written, "dead_letters": dead}
-
-
-class _FetchPost(beam.DoFn):
-    """FetchImageBytes for Posts: the fetched bytes go back into the post's record."""
-
-    def __init__(self, max_bytes: int):
-        self._max_bytes = max_bytes
-
-    def process(self, item):
-        from beam_jobs.common.images import fetch
-
-        post, record = item
-        result = fetch(record, self._max_bytes)
-        if isinstance(result, DeadLetter):
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, result)
-        else:
-            yield dataclasses.replace(post, record=result)
 
 
 def _chunks(element: EmbeddingBatch, batch_size: int):
