@@ -263,6 +263,14 @@ def test_engine_seam_runs_the_backbone_on_tflite_and_falls_back_where_it_cannot(
     np.testing.assert_allclose(model.score_images(images)["scores"], reference["scores"], atol=1e-6)
 
 
+def test_maps_cost_benchmark_compares_both_tflite_paths(sample_model):
+    from bench.maps_cost import measure
+
+    result = measure(str(sample_model), rounds=2, batch=2)
+    assert set(result["images_per_s"]) == {"maps_on", "maps_off"} and all(v > 0 for v in result["images_per_s"].values())
+    assert all(len(v) == 2 for v in result["seconds"].values()) and result["maps_on_vs_off"] > 0
+
+
 def test_the_head_handler_does_not_carry_the_embeddings_it_was_given(sample_model, sample_bottlenecks):
     """Rescoring writes no embeddings: echoing them back through the pipeline held every post's embedding twice
     (a million posts ran out of 24 GB on the DirectRunner)."""
