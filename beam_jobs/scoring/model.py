@@ -136,8 +136,11 @@ class ScoringModel:
         else:
             outputs = self._signature("_serving", contract.SERVING_DIR, contract.SIG_IMAGES).structured_outputs
             if any(name in outputs for name in contract.EVIDENCE_OUTPUTS):
-                self._from_maps = contract.SIG_MAPS in self._tf.saved_model.load(str(self._local / contract.HEAD_DIR)).signatures
-                if not self._from_maps:
+                head = self._tf.saved_model.load(str(self._local / contract.HEAD_DIR))
+                self._from_maps = contract.SIG_MAPS in head.signatures
+                if self._from_maps:
+                    self._maps = (head, head.signatures[contract.SIG_MAPS])  # loaded once: kept for scoring
+                else:
                     reason = f"its evidence outputs need the backbone's final map and its head/ has no {contract.SIG_MAPS}"
             if reason is None:
                 self._serving = None  # only its backbone runs, on the engine
