@@ -192,3 +192,21 @@ def test_file_digests_are_remembered_until_a_file_is_written_and_a_bad_memo_is_i
     assert FileDigests(str(memo)).digest(str(image)) == hashlib.sha256(b"two").hexdigest()
     memo.write_text("{not json")
     assert FileDigests(str(memo)).digest(str(image)) == hashlib.sha256(b"two").hexdigest()
+
+
+def test_rows_per_partition_reads_footers_and_names_a_damaged_file(tmp_path):
+    """Rescoring sizes its output files from the stored files' footers; a damaged file is a one-line error naming it."""
+    from beam_jobs.scoring.stored import rows_per_partition
+    from brandlens.errors import ArtifactError
+
+    paths = []
+    for day, rows in (("2026-11-01", 3), ("2026-11-01", 2), ("2026-11-02", 4)):
+        folder = tmp_path / f"dt={day}"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"part-{len(paths)}.parquet"
+        pq.write_table(pa.table({"post_id": [str(i) for i in range(rows)]}), path)
+        paths.append(str(path))
+    assert rows_per_partition(paths) == {"2026-11-01": 5, "2026-11-02": 4}
+    Path(paths[1]).write_bytes(Path(paths[1]).read_bytes()[:20])
+    with pytest.raises(ArtifactError, match="part-1.parquet cannot be read as Parquet"):
+        rows_per_partition(paths)

@@ -22,6 +22,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from brandlens import fileio
+from brandlens.errors import ArtifactError
 from schemas import scores as schema
 
 DEFAULT_BATCH_ROWS = 16_384  # rows per decoded batch: ~84 MB of 1280-d embeddings, a few in memory at once
@@ -99,8 +100,11 @@ def rows_per_partition(paths: list[str]) -> dict:
 
     counts: dict = {}
     for path in paths:
-        with FileSystems.open(path) as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
+        try:
+            with FileSystems.open(path) as f:
+                rows = pq.ParquetFile(f).metadata.num_rows
+        except Exception as exc:  # truncated, overwritten, not Parquet: say which file before any work starts
+            raise ArtifactError(f"stored embeddings {path} cannot be read as Parquet ({type(exc).__name__}: {exc})") from None
         partition = partition_of_file(path)
         counts[partition] = counts.get(partition, 0) + rows
     return counts
