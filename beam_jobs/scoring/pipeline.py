@@ -44,7 +44,8 @@ from schemas.dead_letter import BAD_ROW, DeadLetter
 
 SCORED = "scored"
 # Posts decoded ahead of the model, per decode thread (at most one model batch). Measured on the phone-photo
-# archive, 2 cores, batch 32: 1 ahead 25-28 posts/s, 8 (this) 31-33, 32 32-33 but peak memory +10% at N vs N/10.
+# archive, 2 cores, batch 32, steady posts/s: 1 ahead 25-28, 8 (this) 33.5-34.0, 16 33.4-33.6, 32 33.8-35.3 with
+# more memory (peak 1.18 against 1.16 GB; +10% at N vs N/10 while the decode batches still held the raw bytes).
 DECODE_AHEAD_PER_THREAD = 4
 STAGE_SCORE = "score"
 DUPLICATE_POST = "duplicate_post_id"
