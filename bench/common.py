@@ -102,10 +102,13 @@ class Features:
     cut: int | None = None                # store the maps entering this block (the trainer's --adapt blocks)
     background_crops: bool = False        # flickrlogos27 only: strips outside the logo boxes as 'neither'
     tiles: int = 0                        # multi-crop tiles of training photos without logo boxes (--tiles)
+    input_size: int | None = None         # None: the backbone's own input side (--input-size)
 
     @property
     def tag(self) -> str:
         parts = [self.backbone.replace("efficientnet_", ""), self.resize_mode or "default"]
+        if self.input_size is not None:
+            parts.append(f"s{self.input_size}")
         if self.crop_fraction is not None:
             parts.append(f"c{self.crop_fraction:g}")
         if self.cut is not None:
@@ -125,6 +128,8 @@ class Features:
 
         mode = self.resize_mode or DEFAULT_RESIZE_MODE
         bits = [mode + (f" {self.crop_fraction:g}" if self.crop_fraction is not None else "")]
+        if self.input_size is not None:
+            bits.append(f"{self.input_size} px input")
         if self.augment:
             bits.append(f"{self.augment} augmented variants")
         if self.logo_crops:
@@ -186,7 +191,7 @@ def run_bottlenecks(work: Path, name: str, features: Features, artifact_root: Pa
         label_map=label_map, background_crops=features.background_crops and name == LOGO_MANIFEST, tiles=features.tiles,
         cache=str(work / "embedding-cache"), overwrite=True,
         backbone=BackboneConfig(features.backbone, artifact_root or default_artifact_root(), None,
-                                features.crop_fraction, features.resize_mode))
+                                features.crop_fraction, features.resize_mode, features.input_size))
     run(config)
     stamp.write_text(wanted)
     return output

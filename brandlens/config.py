@@ -25,6 +25,7 @@ class BackboneConfig:
     weights_file: str | None = None
     crop_fraction: float | None = None
     resize_mode: str | None = None  # None: brandlens.preprocess.DEFAULT_RESIZE_MODE
+    input_size: int | None = None   # None: the backbone's own input side
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,12 +41,18 @@ class BackboneConfig:
         group.add_argument("--resize-mode", default=None, choices=RESIZE_MODES,
                            help="how an image becomes the square input: center_crop (EfficientNet's evaluation crop), "
                                 f"squash (whole image, aspect not kept) or pad (to a grey square); default {DEFAULT_RESIZE_MODE}")
+        group.add_argument("--input-size", type=int, default=None, metavar="PX",
+                           help="run an efficientnet_lite* backbone at this input side instead of its own (e.g. 390 for "
+                                "Lite2's 260): larger feature maps, so small logos cover more cells; about (PX/own)^2 the "
+                                "compute. The version gets -sPX")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "BackboneConfig":
-        return cls(args.backbone, args.artifacts, args.weights_file, args.crop_fraction, getattr(args, "resize_mode", None))
+        return cls(args.backbone, args.artifacts, args.weights_file, args.crop_fraction, getattr(args, "resize_mode", None),
+                   getattr(args, "input_size", None))
 
     def materialize(self) -> Path:
         from brandlens.backbones.artifact import materialize
 
-        return materialize(self.name, self.artifact_root, self.weights_file, self.crop_fraction, self.resize_mode)
+        return materialize(self.name, self.artifact_root, self.weights_file, self.crop_fraction, self.resize_mode,
+                           self.input_size)

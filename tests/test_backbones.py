@@ -90,6 +90,32 @@ def test_artifact_fingerprint_and_reuse(lite0_artifact, artifact_root):
     assert other != lite0_artifact and read_fingerprint(other).version != fp.version
 
 
+def test_lite_at_another_input_size(lite0_artifact, artifact_root):
+    """--input-size: its own artifact and version; same weights; larger maps; the mean-pooled embedding still 1280."""
+    from brandlens.backbones.artifact import cut_map_shape
+
+    path = materialize("efficientnet_lite0", artifact_root, resize_mode="squash", input_size=320)
+    fp, native = read_fingerprint(path), read_fingerprint(lite0_artifact)
+    assert path != lite0_artifact and fp.input_size == 320 and fp.version.endswith("-squash-s320")
+    assert fp.weights_sha256 == native.weights_sha256 and fp.saved_weights_sha256 == native.saved_weights_sha256
+    assert "-s" not in native.version  # the variant's own size keeps the version it always had
+    assert materialize("efficientnet_lite0", artifact_root, resize_mode="squash", input_size=320) == path
+    assert materialize("efficientnet_lite0", artifact_root, input_size=224) == lite0_artifact
+    backbone = load_backbone(path)
+    rgb = np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)
+    prepared = backbone.prepare(rgb)
+    assert prepared.shape == (320, 320, 3)
+    out = backbone.run(prepared[None])
+    assert out["embedding"].shape == (1, 1280) and out["feature_map"].shape == (1, 10, 10, 1280)
+    cut = backbone.run_with_cut(prepared[None], 12)
+    assert list(cut["cut_map"].shape[1:]) == cut_map_shape(fp, 12) == [10, 10, 192]
+    np.testing.assert_allclose(cut["embedding"], out["embedding"], atol=1e-5)
+    with pytest.raises(ConfigError, match="input size must be"):
+        materialize("efficientnet_lite0", artifact_root, input_size=4000)
+    with pytest.raises(ConfigError, match="--input-size is for the EfficientNet-Lite"):
+        materialize("inception_v3", artifact_root, input_size=400)
+
+
 def test_bad_artifact_and_config_errors(tmp_path, artifact_root):
     with pytest.raises(ArtifactError, match="not a backbone artifact"):
         read_fingerprint(tmp_path)

