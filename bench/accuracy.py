@@ -48,7 +48,7 @@ STUDY = [  # the 2016 study's reference figures
 # a brand team would deploy.
 FEATURES = {"resize_mode": "squash", "crop_fraction": 1.0, "cut": 16}
 SEARCH_GRID = ("adapt=head,blocks", "train_from=16,19", "l2=0.01", "learning_rate=0.001")
-SEARCH_EXTRA = {"patience": 5}
+SEARCH_EXTRA = {"patience": 5, "check_calibrated": True}  # calibrated checks: accuracy-notes.md, sixth round
 PLAN: dict[str, dict] = {  # augmented variants where held-out data chose them (accuracy-notes.md, fourth round)
     "shoes-binary": {"augment": 2},
     "shoes-multiclass": {},

@@ -128,6 +128,51 @@ def test_early_stopping_stops_and_keeps_the_best_check():
     assert len([s for s in ces if s > result.best_step]) == hp.patience
 
 
+def test_check_calibrated_stops_on_cross_entropy_after_each_checks_temperature():
+    # Noisy labels and a big step: raw cross-entropy soon rises from overconfidence, which a temperature removes.
+    train, validation = _blobs(60, 1, noise=2.0, flip=0.2), _blobs(200, 2, noise=2.0, flip=0.2)
+    hp = HParams(optimizer="sgd", learning_rate=0.5, l2=0.0, steps=600, eval_every=10, patience=4, batch_size=8,
+                 check_calibrated=True)
+    result = fit(train, validation, ["a", "b", "c"], hp)
+    calibrated = {row["step"]: row["validation_calibrated_cross_entropy"] for row in result.history}
+    assert all(row["validation_calibrated_cross_entropy"] <= row["validation_cross_entropy"] + 1e-6 for row in result.history)
+    assert result.best_step == min(calibrated, key=calibrated.get)
+    assert len([s for s in calibrated if s > result.best_step]) == hp.patience or not result.stopped_early
+    raw = fit(train, validation, ["a", "b", "c"], hp.replace(check_calibrated=False))
+    assert "validation_calibrated_cross_entropy" not in raw.history[0]
+    raw_ce = {row["step"]: row["validation_cross_entropy"] for row in raw.history}
+    assert raw.best_step == min(raw_ce, key=raw_ce.get)
+
+
+def test_mixup_mixes_inputs_targets_and_weights_alike_and_still_learns():
+    from trainer.train import mix_rows
+
+    rng = np.random.default_rng(0)
+    x = np.eye(64, dtype=np.float32)  # row i is e_i, so a mixed row names its own share and its partner
+    targets = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 64)]
+    weights = rng.uniform(0.5, 2, 64).astype(np.float32)
+    mx, mt, mw = mix_rows(np.random.default_rng(1), 0.4, x, targets, weights)
+    shares = []
+    for i in range(64):
+        lam = mx[i, i]
+        others = [j for j in np.flatnonzero(mx[i]) if j != i]
+        j = others[0] if others else i
+        assert len(others) <= 1 and 0.5 <= lam <= 1 and mx[i, j] == pytest.approx(1 - lam if j != i else lam)
+        np.testing.assert_allclose(mt[i], lam * targets[i] + (1 - lam) * targets[j], atol=1e-6)
+        assert mw[i] == pytest.approx(lam * weights[i] + (1 - lam) * weights[j], abs=1e-6)
+        shares.append(lam)
+    assert min(shares) < 0.9  # not all rows left alone
+    train, validation = _blobs(300, 1), _blobs(100, 2)
+    plain = fit(train, validation, ["a", "b", "c"], HParams(learning_rate=0.01, steps=300, l2=0.001))
+    mixed = fit(train, validation, ["a", "b", "c"], HParams(learning_rate=0.01, steps=300, l2=0.001, mixup=0.4))
+    assert mixed.history[-1]["validation_accuracy"] > 0.9
+    assert not np.array_equal(plain.weights.kernel, mixed.weights.kernel)
+    again = fit(train, validation, ["a", "b", "c"], HParams(learning_rate=0.01, steps=300, l2=0.001, mixup=0.4))
+    assert np.array_equal(mixed.weights.kernel, again.weights.kernel)  # seeded like everything else
+    with pytest.raises(ConfigError, match="mixup"):
+        HParams(mixup=-1)
+
+
 # --- end to end on a generated bottleneck folder ---------------------------------------------------
 
 @pytest.fixture(scope="module")

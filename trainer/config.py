@@ -45,6 +45,8 @@ class HParams:
     mirror_maps: bool = True
     calibrate: bool = True
     train_from: int | None = None   # adapt=blocks: the first trained block (None: the bottlenecks' cut)
+    check_calibrated: bool = False  # early stopping on validation cross-entropy after each check's own temperature
+    mixup: float = 0.0              # Beta(alpha, alpha) of mixup between training rows (0: off)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -65,6 +67,8 @@ class HParams:
             raise ConfigError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {self.adapt!r}")
         if self.train_from is not None and self.train_from < 1:
             raise ConfigError(f"train-from must be a block number >= 1, got {self.train_from}")
+        if self.mixup < 0:
+            raise ConfigError(f"mixup must be >= 0, got {self.mixup}")
         if not self.block_learning_rate_scale > 0:
             raise ConfigError(f"block learning rate scale must be > 0, got {self.block_learning_rate_scale}")
         parse_class_weights(self.class_weights)
@@ -103,6 +107,12 @@ class HParams:
         g.add_argument("--train-from", type=int, default=None, metavar="BLOCK",
                        help="--adapt blocks: the first block trained; the blocks between the bottlenecks' --cut and it run "
                             "frozen (default: the cut). One set of maps serves every depth: --grid train_from=16,19")
+        g.add_argument("--check-calibrated", action="store_true",
+                       help="early stopping compares validation cross-entropy after fitting each check's softmax "
+                            "temperature: overconfidence, which calibration removes anyway, no longer ends training")
+        g.add_argument("--mixup", type=float, default=d.mixup, metavar="ALPHA",
+                       help="train on mixtures of two rows (stored maps or embeddings) and their labels, the share "
+                            "drawn from Beta(ALPHA, ALPHA) (default %(default)s: off; 0.2-0.4 usual)")
         g.add_argument("--no-mirror-maps", action="store_true",
                        help="--adapt blocks: do not mirror the stored maps at random while training")
         g.add_argument("--no-calibrate", action="store_true",
@@ -114,7 +124,8 @@ class HParams:
                    args.l2, args.class_weights, args.patience, args.eval_every, args.seed,
                    getattr(args, "label_smoothing", 0.0), getattr(args, "adapt", "head"),
                    getattr(args, "block_learning_rate_scale", 0.1), not getattr(args, "no_mirror_maps", False),
-                   not getattr(args, "no_calibrate", False), getattr(args, "train_from", None))
+                   not getattr(args, "no_calibrate", False), getattr(args, "train_from", None),
+                   getattr(args, "check_calibrated", False), getattr(args, "mixup", 0.0))
 
 
 def parse_class_weights(spec: str) -> str | dict[str, float]:

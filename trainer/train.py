@@ -83,6 +83,17 @@ def class_weight_vector(spec: str, labels: list[str], y: np.ndarray) -> np.ndarr
     return np.array([parsed.get(label, 1.0) for label in labels])
 
 
+def mix_rows(rng: np.random.Generator, alpha: float, x: np.ndarray, targets: np.ndarray, weights: np.ndarray):
+    """Mixup: each row becomes lam * itself + (1 - lam) * another row of the batch, inputs, targets and weights alike,
+    lam ~ Beta(alpha, alpha) per row (kept >= 0.5, so a row stays mostly itself). On stored maps this is mixup in
+    feature space, the one augmentation that needs no pixels."""
+    lam = rng.beta(alpha, alpha, len(x)).astype(np.float32)
+    lam = np.maximum(lam, 1 - lam)
+    partner = rng.permutation(len(x))
+    mix = lambda a: lam.reshape((-1,) + (1,) * (a.ndim - 1)) * a + (1 - lam).reshape((-1,) + (1,) * (a.ndim - 1)) * a[partner]  # noqa: E731
+    return mix(x), mix(targets), mix(weights)
+
+
 def first_trained_block(blocks: Blocks, hp: HParams) -> int:
     """``hp.train_from`` (or the cut), checked against the blocks the stored maps can reach."""
     first = blocks.cut if hp.train_from is None else hp.train_from
@@ -139,12 +150,11 @@ def fit(train: SplitData, validation: SplitData, labels: list[str], hp: HParams,
 
     spec = tf.TensorSpec([None, *x_train.shape[1:]], tf.float32)
 
-    @tf.function(input_signature=[spec, tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.float32)])
-    def train_step(xb, yb, wb):
+    @tf.function(input_signature=[spec, tf.TensorSpec([None, num_classes], tf.float32), tf.TensorSpec([None], tf.float32)])
+    def train_step(xb, targets, wb):
         with tf.GradientTape() as tape:
             logits = model(xb, training=True)
-            per_row = keras.losses.categorical_crossentropy(tf.one_hot(yb, num_classes), logits, from_logits=True,
-                                                            label_smoothing=smoothing)
+            per_row = keras.losses.categorical_crossentropy(targets, logits, from_logits=True, label_smoothing=smoothing)
             loss = tf.reduce_sum(wb * per_row) / tf.cast(tf.shape(xb)[0], tf.float32)
             if model.losses:
                 loss = loss + tf.add_n(model.losses)
@@ -172,14 +182,20 @@ def fit(train: SplitData, validation: SplitData, labels: list[str], hp: HParams,
 
     def record() -> None:
         nonlocal best, best_ce, best_step, bad_checks
-        row = {"step": step, "epoch": step / steps_per_epoch}
+        row, logits = {"step": step, "epoch": step / steps_per_epoch}, {}
         for name, x, y in (("train", x_train[train_rows], train.y[train_rows]), ("validation", x_val, validation.y)):
-            scores = ev.softmax(logits_of(x))
+            logits[name] = logits_of(x)
+            scores = ev.softmax(logits[name])
             row[f"{name}_accuracy"] = ev.accuracy(scores.argmax(axis=1), y)
             row[f"{name}_cross_entropy"] = ev.cross_entropy(scores, y)
+        if hp.check_calibrated:
+            t = fit_temperature(logits["validation"], validation.y)
+            row["validation_calibrated_cross_entropy"] = ev.cross_entropy(ev.softmax(logits["validation"] / np.float32(t)),
+                                                                          validation.y)
         history.append(row)
-        if row["validation_cross_entropy"] < best_ce:
-            best, best_ce, best_step, bad_checks = model.get_weights(), row["validation_cross_entropy"], step, 0
+        checked = row["validation_calibrated_cross_entropy" if hp.check_calibrated else "validation_cross_entropy"]
+        if checked < best_ce:
+            best, best_ce, best_step, bad_checks = model.get_weights(), checked, step, 0
         else:
             bad_checks += 1
 
@@ -193,7 +209,10 @@ def fit(train: SplitData, validation: SplitData, labels: list[str], hp: HParams,
         if blocks is not None and hp.mirror_maps:
             mirrored = rng.random(len(batch)) < 0.5
             xb[mirrored] = xb[mirrored, :, ::-1]
-        train_step(tf.constant(xb), tf.constant(train.y[batch], tf.int64), tf.constant(sample_weight[batch]))
+        targets, wb = np.eye(num_classes, dtype=np.float32)[train.y[batch]], sample_weight[batch]
+        if hp.mixup:
+            xb, targets, wb = mix_rows(rng, hp.mixup, xb, targets, wb)
+        train_step(tf.constant(xb), tf.constant(targets), tf.constant(wb))
         step += 1
         if step % hp.eval_every == 0 or step == max_steps:
             record()
