@@ -176,6 +176,8 @@ def _options(result: dict) -> str:
     bits = [f.describe(), adapted, f"l2 {hp.l2:g}", f"batch {hp.batch_size}"]
     if hp.class_weights != "none":
         bits.append(f"class weights {hp.class_weights}")
+    if getattr(hp, "check_calibrated", False):
+        bits.append("calibrated checks")
     if getattr(hp, "label_smoothing", 0):
         bits.append(f"label smoothing {hp.label_smoothing:g}")
     if result.get("target_precision"):
