@@ -318,6 +318,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/brandlens-localisation"))
     parser.add_argument("--artifacts", type=Path, default=None, help="backbone artifact root (default: <cache>/artifacts)")
     parser.add_argument("--backbone", default="efficientnet_lite2")
+    parser.add_argument("--resize-mode", default=None, choices=("center_crop", "squash", "pad"),
+                        help="how photos become the square input (default: the product default, center_crop; the "
+                             "accuracy benchmark's recipe squashes the whole photo)")
     parser.add_argument("--grid", type=int, default=2, help="tiles per side for the multi-crop lever (as --multi-crop)")
     parser.add_argument("--overlays", type=int, default=6, help="composites and training photos drawn to <cache>/overlays")
     args = parser.parse_args(argv)
@@ -326,7 +329,9 @@ def main(argv=None) -> int:
     from brandlens import evidence as ev
     from brandlens.imaging import decode_image
 
-    backbone = load_backbone(materialize(args.backbone, args.artifacts or args.cache / "artifacts"))
+    backbone = load_backbone(materialize(args.backbone, args.artifacts or args.cache / "artifacts",
+                                         crop_fraction=1.0 if args.resize_mode in ("squash", "pad") else None,
+                                         resize_mode=args.resize_mode))
     crop, mode = backbone.fingerprint.crop_fraction, backbone.fingerprint.resize_mode
     decode = lambda path: decode_image(Path(path).read_bytes())  # noqa: E731
     if VARIANTS[0] != (ev.UPSAMPLE, ev.RELATIVE, ev.LOCAL_LOG_PROB):
