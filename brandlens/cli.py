@@ -28,6 +28,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_composites(args: argparse.Namespace) -> int:
+    from brandlens.composites import CompositesConfig, make_composites
+
+    done = make_composites(CompositesConfig.from_args(args))
+    print(f"wrote {done['manifest']}: {done['rows']} rows of the input and composites {done['composites']}"
+          + (f"; skipped {done['skipped']} unreadable photos (skipped.csv)" if done["skipped"] else ""))
+    return 0
+
+
 def _cmd_bottlenecks(args: argparse.Namespace) -> int:
     from beam_jobs.bottlenecks.config import BottleneckConfig
     from beam_jobs.bottlenecks.job import run
@@ -108,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--closed-world", action="store_true", help="no 'neither' class")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_cmd_sample)
+
+    from brandlens.composites import CompositesConfig
+
+    p = sub.add_parser("composites", help="paste brand photos into everyday photos: training examples of a product in a scene",
+                       description="For every train/validation brand photo of a manifest, paste it small into a "
+                                   "background photo of its split, labelled with the brand; write the input's rows plus "
+                                   "these to <output>/manifest.csv for the bottleneck job. Close-up brand photos alone "
+                                   "teach a model that a scene is 'neither'.")
+    CompositesConfig.add_arguments(p)
+    p.set_defaults(handler=_cmd_composites)
 
     from brandlens.query import QueryConfig
 
