@@ -80,6 +80,8 @@ def _resolve(uri: str, base: Path) -> Path:
 
 def make_composites(config: CompositesConfig) -> dict:
     """Write the composites and the combined manifest; returns counts per split and the photos skipped (with why)."""
+    from PIL import Image
+
     from brandlens.imaging import ImageDecodeError, decode_image
 
     source = Path(config.input)
@@ -117,8 +119,6 @@ def make_composites(config: CompositesConfig) -> dict:
                 except (OSError, ImageDecodeError) as exc:
                     skipped.append((host_row["uri"], f"{type(exc).__name__}: {exc}"))
                     continue
-                from PIL import Image
-
                 path = images / f"{split}-{i:05d}-{k}.jpg"
                 Image.fromarray(paste(host, item, config.canvas, side, x, y)).save(path, quality=92)
                 combined.append((str(path.resolve()), row["label"], split))

@@ -71,3 +71,25 @@ def test_composites_refuse_what_they_cannot_do(manifest, tmp_path):
         make_composites(CompositesConfig(str(no_split), str(tmp_path / "y")))
     with pytest.raises(ConfigError, match="scale"):
         CompositesConfig("m.csv", "o", scale=(0.6, 0.3))
+
+
+def test_an_unreadable_photo_is_named_with_its_reason_and_its_row_kept(manifest, tmp_path):
+    """The composite is skipped (skipped.csv says why); the row stays, for the bottleneck job to dead-letter."""
+    path, base = manifest
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    rows[0]["uri"] = str(broken)  # a train photo of the first brand
+    bad = tmp_path / "bad.csv"
+    with open(bad, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["uri", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    done = make_composites(CompositesConfig(str(bad), str(tmp_path / "out"), str(base), canvas=128))
+    assert done["skipped"] == 1 and done["composites"] == {"train": 5, "validation": 2}
+    with open(tmp_path / "out" / "skipped.csv", newline="") as f:
+        skipped = list(csv.DictReader(f))
+    assert skipped[0]["uri"] == str(broken) and "ImageDecodeError" in skipped[0]["reason"]
+    with open(tmp_path / "out" / "manifest.csv", newline="") as f:
+        assert str(broken) in {r["uri"] for r in csv.DictReader(f)}

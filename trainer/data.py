@@ -91,21 +91,17 @@ def read_backbone_fingerprint(root: Path) -> BackboneFingerprint:
     return BackboneFingerprint.from_json(path.read_text())
 
 
-def _size_flag(fingerprint: BackboneFingerprint) -> str:
-    from brandlens.backbones.lite_variants import native_input_size
-
-    native = native_input_size(fingerprint.name)
-    return "" if native in (None, fingerprint.input_size) else f" --input-size {fingerprint.input_size}"
-
-
 def locate_artifact(fingerprint: BackboneFingerprint, artifact_root: Path) -> Path:
     """The artifact the embeddings came from, verified by its fingerprint."""
+    from brandlens.backbones.lite_variants import other_input_size
+
     path = Path(artifact_root) / fingerprint.directory_name
     if not path.is_dir():
+        size = other_input_size(fingerprint.name, fingerprint.input_size)
         raise ArtifactError(
             f"backbone artifact {path} not found; the bottlenecks were made with {fingerprint.version}. Build it with: "
             f"brandlens backbone --backbone {fingerprint.name} --crop-fraction {fingerprint.crop_fraction:g} "
-            f"--resize-mode {fingerprint.resize_mode}{_size_flag(fingerprint)} --artifacts {artifact_root}")
+            f"--resize-mode {fingerprint.resize_mode}{f' --input-size {size}' if size else ''} --artifacts {artifact_root}")
     found = read_fingerprint(path)
     mine = dataclasses.asdict(fingerprint)
     theirs = dataclasses.asdict(found)

@@ -90,7 +90,11 @@ def mix_rows(rng: np.random.Generator, alpha: float, x: np.ndarray, targets: np.
     lam = rng.beta(alpha, alpha, len(x)).astype(np.float32)
     lam = np.maximum(lam, 1 - lam)
     partner = rng.permutation(len(x))
-    mix = lambda a: lam.reshape((-1,) + (1,) * (a.ndim - 1)) * a + (1 - lam).reshape((-1,) + (1,) * (a.ndim - 1)) * a[partner]  # noqa: E731
+
+    def mix(a: np.ndarray) -> np.ndarray:
+        share = lam.reshape((-1,) + (1,) * (a.ndim - 1))
+        return share * a + (1 - share) * a[partner]
+
     return mix(x), mix(targets), mix(weights)
 
 
@@ -133,6 +137,7 @@ def fit(train: SplitData, validation: SplitData, labels: list[str], hp: HParams,
     n, num_classes = len(train), len(labels)
     per_class = class_weight_vector(hp.class_weights, labels, train.y)
     sample_weight = per_class[train.y].astype(np.float32)
+    one_hot = np.eye(num_classes, dtype=np.float32)
     steps_per_epoch = math.ceil(n / hp.batch_size)
     max_steps = hp.steps or hp.epochs * steps_per_epoch
     if blocks is None:
@@ -209,7 +214,7 @@ def fit(train: SplitData, validation: SplitData, labels: list[str], hp: HParams,
         if blocks is not None and hp.mirror_maps:
             mirrored = rng.random(len(batch)) < 0.5
             xb[mirrored] = xb[mirrored, :, ::-1]
-        targets, wb = np.eye(num_classes, dtype=np.float32)[train.y[batch]], sample_weight[batch]
+        targets, wb = one_hot[train.y[batch]], sample_weight[batch]
         if hp.mixup:
             xb, targets, wb = mix_rows(rng, hp.mixup, xb, targets, wb)
         train_step(tf.constant(xb), tf.constant(targets), tf.constant(wb))

@@ -76,11 +76,10 @@ class BackboneFingerprint:
     def version(self) -> str:
         """Short id that outputs cite, e.g. ``efficientnet_lite2@9656183eaeaf-c0.89`` (``-c1-squash`` for other modes,
         ``-s390`` for a Lite variant run at another input side than its own)."""
-        from brandlens.backbones.lite_variants import native_input_size
+        from brandlens.backbones.lite_variants import other_input_size
 
         mode = "" if self.resize_mode == DEFAULT_RESIZE_MODE else f"-{self.resize_mode}"
-        native = native_input_size(self.name)
-        size = "" if native is None or native == self.input_size else f"-s{self.input_size}"
+        size = f"-s{self.input_size}" if other_input_size(self.name, self.input_size) else ""
         return f"{self.name}@{self.weights_sha256[:12]}-c{self.crop_fraction:g}{mode}{size}"
 
     @property

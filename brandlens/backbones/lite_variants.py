@@ -7,6 +7,7 @@ packaged weights) costs no TensorFlow import.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,11 @@ VARIANTS = {
 }
 
 
-def native_input_size(name: str) -> int | None:
-    """The input side the variant was trained at (None for a backbone that is not a Lite variant)."""
+def other_input_size(name: str, input_size: int) -> int | None:
+    """``input_size`` when it is not the side the Lite variant ``name`` was trained at, else None (also for the
+    backbones that are not Lite variants, which always run at their own)."""
     variant = VARIANTS.get(name)
-    return variant.input_size if variant else None
+    return input_size if variant is not None and input_size != variant.input_size else None
 
 
 def at_input_size(variant: LiteVariant, input_size: int | None) -> LiteVariant:
@@ -50,7 +52,7 @@ def at_input_size(variant: LiteVariant, input_size: int | None) -> LiteVariant:
         return variant
     if not MIN_INPUT_SIZE <= input_size <= MAX_INPUT_SIZE:
         raise ConfigError(f"input size must be {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} px, got {input_size}")
-    return LiteVariant(variant.name, variant.width, variant.depth, int(input_size), variant.package)
+    return dataclasses.replace(variant, input_size=int(input_size))
 
 
 def weights_path(variant: LiteVariant) -> Path:
