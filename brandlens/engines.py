@@ -66,18 +66,23 @@ class SavedModelEngine:
 
 
 def convert(saved_model_dir: str | Path, engine: str, key: str, within: tuple[str, ...] = (),
-            cache: Path | None = None) -> Path:
-    """The TFLite file of ``serve`` in ``saved_model_dir`` (converted once per key, engine and TF version)."""
+            cache: Path | None = None, signature: str | None = None) -> Path:
+    """The TFLite file of ``serve`` in ``saved_model_dir``, or of its ``signature`` (converted once per key,
+    engine and TF version). A graph with an op TFLite lacks raises ``tf.lite``'s ``ConverterError``."""
     import tensorflow as tf
 
     cache = Path(cache or engine_cache())
-    tag = hashlib.sha256(f"{key}|{'/'.join(within)}|{engine}|{tf.__version__}".encode()).hexdigest()[:16]
+    what = f"sig:{signature}" if signature else "/".join(within)
+    tag = hashlib.sha256(f"{key}|{what}|{engine}|{tf.__version__}".encode()).hexdigest()[:16]
     target = cache / f"{''.join(c if c.isalnum() or c in '-_.' else '-' for c in key)}-{engine}-{tag}.tflite"
     if target.is_file():
         return target
-    loaded, fn = _serve(saved_model_dir, within)
-    concrete = fn.get_concrete_function() if hasattr(fn, "get_concrete_function") else fn
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], loaded)
+    if signature:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[signature])
+    else:
+        loaded, fn = _serve(saved_model_dir, within)
+        concrete = fn.get_concrete_function() if hasattr(fn, "get_concrete_function") else fn
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], loaded)
     if engine == TFLITE_INT8:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic-range: int8 weights, float activations
     blob = converter.convert()
@@ -125,6 +130,32 @@ class TFLiteEngine:
             parts = [self._runner(**{self._input: images[i:i + self._chunk]})[output]
                      for i in range(0, len(images), self._chunk)]
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+class SignatureEngine:
+    """A whole SavedModel signature converted to TFLite (one interpreter, serialised by a lock): every output of
+    the signature, in chunks of ``chunk`` rows, as numpy (string outputs as bytes objects, as TensorFlow's)."""
+
+    def __init__(self, model_path: str | Path, signature: str, name: str = TFLITE, threads: int | None = None,
+                 chunk: int = TFLITE_CHUNK):
+        import tensorflow as tf
+
+        self.name, self._chunk = name, chunk
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            interpreter = tf.lite.Interpreter(model_path=str(model_path), num_threads=threads or os.cpu_count() or 1)
+        self._interpreter = interpreter
+        self._runner = interpreter.get_signature_runner(signature)
+        (self._input,) = self._runner.get_input_details()
+        self._lock = threading.Lock()
+
+    def __call__(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        rows = np.ascontiguousarray(rows, np.float32)
+        with self._lock:
+            parts = [self._runner(**{self._input: rows[i:i + self._chunk]}) for i in range(0, len(rows), self._chunk)]
+        if not parts:
+            raise ValueError("no rows to run")
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def load_engine(engine: str, saved_model_dir: str | Path, key: str, within: tuple[str, ...] = ()):

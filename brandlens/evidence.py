@@ -119,7 +119,8 @@ def evidence(feature_map, scale, shift, kernel, bias, upsample: int = UPSAMPLE, 
         tf.reduce_sum(weights, axis=[1, 2])[..., None], 1e-6)
     scaled = pooled * tf.cast(scale, tf.float32) + tf.cast(shift, tf.float32)
     region_logits = (tf.einsum("ncd,dk->nck", scaled, tf.cast(kernel, tf.float32)) + tf.cast(bias, tf.float32)) / temperature
-    region_scores = tf.linalg.diag_part(tf.nn.softmax(region_logits, axis=-1))
+    classes = int(kernel.shape[-1])  # each class's score in its own region; a 0/1 mask, not diag_part, which TFLite lacks
+    region_scores = tf.reduce_sum(tf.nn.softmax(region_logits, axis=-1) * tf.eye(classes), axis=-1)
     return {OUT_MAPS: logits, OUT_BOXES: boxes, OUT_AREAS: (x2 - x1) * (y2 - y1), OUT_POINTS: points,
             OUT_REGION_SCORES: region_scores}
 

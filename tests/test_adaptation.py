@@ -153,6 +153,56 @@ def test_the_scoring_job_scores_an_adapted_export_as_evaluated(adapted_model, cu
         checked_card(str(tampered))
 
 
+def test_an_adapted_export_scores_on_tflite_whole_and_an_unconvertible_one_on_its_savedmodel(adapted_model, tmp_path,
+                                                                                             monkeypatch):
+    """No backbone + head/ split serves adapted blocks, so the whole score_images runs on TFLite, every output
+    within the engine's tolerance; a graph with an op TFLite lacks (as adapted exports before it) falls back."""
+    import shutil
+
+    import tensorflow as tf
+
+    from beam_jobs.scoring.model import ScoringModel
+    from brandlens import engines
+
+    monkeypatch.setenv("BRANDLENS_ENGINE_CACHE", str(tmp_path / "engines"))
+    reference_model = ScoringModel(str(adapted_model))
+    size = reference_model.card.input_size
+    images = np.random.default_rng(1).uniform(0, 255, (11, size, size, 3)).astype(np.float32)  # > one chunk
+    reference = reference_model.score_images(images)
+    model = ScoringModel(str(adapted_model), engines.TFLITE)
+    model.load(contract.SERVING_DIR)
+    assert model.engine == engines.TFLITE and len(list((tmp_path / "engines").glob("*.tflite"))) == 1
+    out = model.score_images(images)
+    assert set(out) == set(reference)
+    for name in (contract.OUT_SCORES, contract.OUT_CONFIDENCE, contract.OUT_EMBEDDING):
+        np.testing.assert_allclose(out[name], reference[name], atol=1e-4, err_msg=name)
+    assert list(out[contract.OUT_LABEL]) == list(reference[contract.OUT_LABEL])
+
+    older = tmp_path / "older"
+    shutil.copytree(adapted_model, older, ignore=shutil.ignore_patterns(contract.SERVING_DIR))
+    inner = tf.saved_model.load(str(adapted_model / contract.SERVING_DIR))
+
+    class Older(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name=contract.INPUT_IMAGES)])
+        def score_images(self, images):
+            out = dict(self.inner.signatures[contract.SIG_IMAGES](**{contract.INPUT_IMAGES: images}))
+            scores = out[contract.OUT_SCORES]  # the same values through MatrixDiagPartV3, as evidence had it
+            out[contract.OUT_SCORES] = tf.linalg.diag_part(tf.tile(scores[:, None, :], [1, tf.shape(scores)[1], 1]))
+            return out
+
+    older_serving = Older()
+    tf.saved_model.save(older_serving, str(older / contract.SERVING_DIR),
+                        signatures={contract.SIG_IMAGES: older_serving.score_images})
+    model = ScoringModel(str(older), engines.TFLITE)
+    model.load(contract.SERVING_DIR)
+    assert model.engine == engines.SAVEDMODEL
+    np.testing.assert_allclose(model.score_images(images)[contract.OUT_SCORES], reference[contract.OUT_SCORES], atol=1e-6)
+
+
 def test_training_changed_the_blocks_and_is_repeatable(cut_bottlenecks, artifact_root):
     from brandlens.backbones.artifact import load_backbone
     from trainer.config import HParams
@@ -275,3 +325,12 @@ def test_cut_shape_from_the_architecture_and_bad_cuts_refused():
             cut_map_shape(lite2, cut)
     with pytest.raises(ConfigError, match="head only"):
         cut_map_shape(dataclasses.replace(lite2, name="vgg16"), 5)
+
+
+def test_adapted_engines_benchmark_compares_both_engines(adapted_model, tmp_path, monkeypatch):
+    from bench.adapted_engines import measure
+
+    monkeypatch.setenv("BRANDLENS_ENGINE_CACHE", str(tmp_path / "engines"))
+    result = measure(str(adapted_model), rounds=2, batch=3)
+    assert set(result["images_per_s"]) == {"savedmodel", "tflite"} and result["labels_equal"]
+    assert result["max_abs_diff"]["scores"] < 1e-4

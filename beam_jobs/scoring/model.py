@@ -10,6 +10,7 @@ an engine is chosen.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -86,9 +87,10 @@ class ScoringModel:
     signature; any other engine runs the serving model's own backbone on that engine, then the
     head (what the signature computes, to the engine's tolerance; ``schemas/model.py``): on the
     embedding, or, where the export makes evidence outputs (boxes need the final map), on the final
-    map through ``head/``'s ``score_maps``. That holds only for exports that are backbone + ``head/``:
-    one with adapted blocks (no ``head/``), or with evidence outputs but no ``score_maps`` (exported
-    before it existed), is scored on its SavedModel instead.
+    map through ``head/``'s ``score_maps``. An export with adapted blocks (no ``head/``) has its whole
+    ``score_images`` signature converted to the engine instead (once per model version and machine). One
+    the engine cannot run (exports with evidence outputs but no ``score_maps``, or whose graph holds an op
+    TFLite lacks: adapted exports made before evidence avoided ``diag_part``) is scored on its SavedModel.
     """
 
     def __init__(self, export_dir: str, engine: str = engines.SAVEDMODEL):
@@ -104,6 +106,7 @@ class ScoringModel:
         self._maps = None       # head/'s score_maps, where the engine's final map goes (exports with evidence)
         self._from_maps = False
         self._engine = None
+        self._whole = None      # the whole score_images on the engine (exports with adapted blocks)
         self._tf = tf
         self._local = Path(local)
         self._lock = threading.Lock()
@@ -111,8 +114,9 @@ class ScoringModel:
     def load(self, folder: str) -> None:
         """Load ``serving/`` or ``head/`` now (model load time belongs to loading, not to the first batch)."""
         if folder == contract.SERVING_DIR and self._engine_applies():
-            self._backbone_engine()
-            self._signature(*self._head_part())
+            if self._whole is None:
+                self._backbone_engine()
+                self._signature(*self._head_part())
         elif folder == contract.SERVING_DIR:
             self._signature("_serving", contract.SERVING_DIR, contract.SIG_IMAGES)
         else:
@@ -131,8 +135,10 @@ class ScoringModel:
         if self.engine == engines.SAVEDMODEL:
             return False
         reason = None
+        if self._whole is not None:
+            return True
         if not (self._local / contract.HEAD_DIR).is_dir():
-            reason = "it has no head/ (adapted blocks)"
+            reason = self._whole_on_engine()
         else:
             outputs = self._signature("_serving", contract.SERVING_DIR, contract.SIG_IMAGES).structured_outputs
             if any(name in outputs for name in contract.EVIDENCE_OUTPUTS):
@@ -149,6 +155,17 @@ class ScoringModel:
             self.engine = engines.SAVEDMODEL
         return reason is None
 
+    def _whole_on_engine(self) -> str | None:
+        """Convert ``score_images`` to the engine (adapted blocks: no backbone + head split); why not, or None."""
+        serving = self._local / contract.SERVING_DIR
+        try:  # keyed by the graph's own bytes too: a changed serving/ under the same version id is converted anew
+            graph = hashlib.sha256((serving / "saved_model.pb").read_bytes()).hexdigest()[:12]
+            path = engines.convert(serving, self.engine, f"{self.card.version_id}-{graph}", signature=contract.SIG_IMAGES)
+            self._whole = engines.SignatureEngine(path, contract.SIG_IMAGES, self.engine)
+        except Exception as exc:  # ConverterError: an op TFLite lacks (exports older than this engine path)
+            return f"its score_images does not convert ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        return None
+
     def _backbone_engine(self):
         with self._lock:
             if self._engine is None:
@@ -162,7 +179,9 @@ class ScoringModel:
 
     def score_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Prepared float32 [N, S, S, 3] images -> the contract's outputs as numpy (on this model's engine)."""
-        if self._engine is not None or self._engine_applies():
+        if self._whole is not None or self._engine is not None or self._engine_applies():
+            if self._whole is not None:
+                return _numpy(self._whole(images), tensors=False)
             if not self._from_maps:
                 return self.score_embeddings(self._backbone_engine().embed(images))
             maps = self._backbone_engine().feature_map(images)
@@ -180,8 +199,8 @@ class ScoringModel:
         return _numpy(out, () if echo else (contract.OUT_EMBEDDING,))
 
 
-def _numpy(out: dict, leave_out: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    result = {k: v.numpy() for k, v in out.items() if k not in leave_out}
+def _numpy(out: dict, leave_out: tuple[str, ...] = (), tensors: bool = True) -> dict[str, np.ndarray]:
+    result = {k: v.numpy() if tensors else v for k, v in out.items() if k not in leave_out}
     result[contract.OUT_LABEL] = np.array([s.decode("utf-8") for s in result[contract.OUT_LABEL]], dtype=object)
     return result
 
