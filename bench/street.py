@@ -118,7 +118,11 @@ def main(argv=None) -> int:
             subprocess.run([sys.executable, "-m", "brandlens.cli", "score", "--input", str(posts), "--model", export,
                             "--output", str(out), "--multi-crop", str(crops)], check=True)
             results[f"{name}, multi-crop {crops}"] = rates(out / "scores", labels)
-    command = "PYTHONPATH=$PWD python -m bench.street " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_results(results, "PYTHONPATH=$PWD python -m bench.street " + " ".join(argv if argv is not None else sys.argv[1:]))
+    return 0
+
+
+def write_results(results: dict, command: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "street.json").write_text(json.dumps({"results": results, "command": command, "canvas": CANVAS,
                                                      "pasted_side": SIDE, "kinds": KINDS}, indent=2, sort_keys=True) + "\n")
@@ -132,7 +136,6 @@ def main(argv=None) -> int:
                      + " |")
     (RESULTS / "street.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":
