@@ -29,7 +29,7 @@ from bench.common import SHARED_DATA
 
 RESULTS = Path(__file__).with_name("results")
 CANVAS, SIDE = 720, 240
-# probe kind -> (truth is a brand, what the share measures)
+# probe kind -> what its share of posts right measures
 KINDS = {
     "scene": "shoe of a known brand in a scene: right brand",
     "scene_other": "another brand's shoe in a scene: called neither",

@@ -94,11 +94,13 @@ def convert(saved_model_dir: str | Path, engine: str, key: str, within: tuple[st
     return target
 
 
-class TFLiteEngine:
-    """One interpreter (XNNPACK, ``threads`` threads), serialised by a lock: interpreters are not thread-safe."""
+class SignatureEngine:
+    """A SavedModel signature converted to TFLite (one interpreter, XNNPACK, ``threads`` threads, serialised by a
+    lock: interpreters are not thread-safe): every output, in chunks of ``chunk`` rows, as numpy (string outputs as
+    bytes objects, as TensorFlow's). ``signature`` None: the model's only one."""
 
-    def __init__(self, model_path: str | Path, name: str = TFLITE, threads: int | None = None,
-                 chunk: int = TFLITE_CHUNK):
+    def __init__(self, model_path: str | Path, signature: str | None = None, name: str = TFLITE,
+                 threads: int | None = None, chunk: int = TFLITE_CHUNK):
         import tensorflow as tf
 
         self.name, self._chunk = name, chunk
@@ -106,14 +108,33 @@ class TFLiteEngine:
             warnings.simplefilter("ignore")
             interpreter = tf.lite.Interpreter(model_path=str(model_path), num_threads=threads or os.cpu_count() or 1)
         self._interpreter = interpreter
-        self._runner = interpreter.get_signature_runner()
+        self._runner = interpreter.get_signature_runner(signature)
         (self._input,) = self._runner.get_input_details()
+        self._lock = threading.Lock()
+
+    def _parts(self, rows: np.ndarray) -> list[dict[str, np.ndarray]]:
+        rows = np.ascontiguousarray(rows, np.float32)
+        with self._lock:
+            return [self._runner(**{self._input: rows[i:i + self._chunk]}) for i in range(0, len(rows), self._chunk)]
+
+    def __call__(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        parts = self._parts(rows)
+        if not parts:
+            raise ValueError("no rows to run")
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+class TFLiteEngine(SignatureEngine):
+    """A backbone's ``serve`` on TFLite: its embedding, or its final feature map."""
+
+    def __init__(self, model_path: str | Path, name: str = TFLITE, threads: int | None = None,
+                 chunk: int = TFLITE_CHUNK):
+        super().__init__(model_path, None, name, threads, chunk)
         outputs = self._runner.get_output_details()
         self._output = EMBEDDING if EMBEDDING in outputs else next(
             n for n, d in outputs.items() if len(d["shape"]) == 2 and d["shape"][1] != 1000)
         self._map_output = FEATURE_MAP if FEATURE_MAP in outputs else next(
             (n for n, d in outputs.items() if len(d["shape"]) == 4), None)
-        self._lock = threading.Lock()
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         return self._run(images, self._output)
@@ -125,37 +146,8 @@ class TFLiteEngine:
         return self._run(images, self._map_output)
 
     def _run(self, images: np.ndarray, output: str) -> np.ndarray:
-        images = np.ascontiguousarray(images, np.float32)
-        with self._lock:
-            parts = [self._runner(**{self._input: images[i:i + self._chunk]})[output]
-                     for i in range(0, len(images), self._chunk)]
+        parts = [part[output] for part in self._parts(images)]
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-
-class SignatureEngine:
-    """A whole SavedModel signature converted to TFLite (one interpreter, serialised by a lock): every output of
-    the signature, in chunks of ``chunk`` rows, as numpy (string outputs as bytes objects, as TensorFlow's)."""
-
-    def __init__(self, model_path: str | Path, signature: str, name: str = TFLITE, threads: int | None = None,
-                 chunk: int = TFLITE_CHUNK):
-        import tensorflow as tf
-
-        self.name, self._chunk = name, chunk
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            interpreter = tf.lite.Interpreter(model_path=str(model_path), num_threads=threads or os.cpu_count() or 1)
-        self._interpreter = interpreter
-        self._runner = interpreter.get_signature_runner(signature)
-        (self._input,) = self._runner.get_input_details()
-        self._lock = threading.Lock()
-
-    def __call__(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        rows = np.ascontiguousarray(rows, np.float32)
-        with self._lock:
-            parts = [self._runner(**{self._input: rows[i:i + self._chunk]}) for i in range(0, len(rows), self._chunk)]
-        if not parts:
-            raise ValueError("no rows to run")
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def load_engine(engine: str, saved_model_dir: str | Path, key: str, within: tuple[str, ...] = ()):

@@ -134,9 +134,9 @@ class ScoringModel:
         """Whether backbone-on-engine + head computes all of ``score_images``; else fall back to the SavedModel."""
         if self.engine == engines.SAVEDMODEL:
             return False
-        reason = None
         if self._whole is not None:
             return True
+        reason = None
         if not (self._local / contract.HEAD_DIR).is_dir():
             reason = self._whole_on_engine()
         else:
@@ -179,7 +179,7 @@ class ScoringModel:
 
     def score_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Prepared float32 [N, S, S, 3] images -> the contract's outputs as numpy (on this model's engine)."""
-        if self._whole is not None or self._engine is not None or self._engine_applies():
+        if self._engine is not None or self._engine_applies():  # True at once where the whole signature runs
             if self._whole is not None:
                 return _numpy(self._whole(images), tensors=False)
             if not self._from_maps:
