@@ -2,11 +2,11 @@
 
     PYTHONPATH=$PWD .venv/bin/python -m bench.maps_cost --model EXPORT [--rounds 8] [--batch 32]
 
-``ScoringModel(export, tflite).score_images`` (the backbone's final map on TFLite, then the export's ``head/``
-``score_maps``: scores, maps, boxes) against the same engine's embedding through ``head/``'s
-``serving_default`` (scores only), on the same batch, alternating which goes first each round; the ratio of
-the median times is maps on / off in images per second. Decoding is left out, so the ratio is a lower bound
-for the job's. Writes ``bench/results/maps_cost.json`` and ``.md``.
+``ScoringModel(export, tflite).score_images`` (the job's path: the whole ``score_images`` on TFLite, scores, maps
+and boxes in one interpreter call) and the split path it falls back to (the backbone's final map on TFLite, then
+the export's ``head/`` ``score_maps``) against the backbone's embedding on TFLite through ``head/``'s
+``serving_default`` (scores only), on the same batch, alternating the order each round; the ratio of the median
+times is maps on / off in images per second. Decoding is left out, so the ratio is a lower bound for the job's. Writes ``bench/results/maps_cost.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -30,12 +30,15 @@ def measure(export: str, rounds: int, batch: int) -> dict:
 
     model = ScoringModel(export, engines.TFLITE)
     model.load(contract.SERVING_DIR)
-    if model.engine != engines.TFLITE:
-        raise SystemExit(f"{export} is scored on its SavedModel, not TFLite (see the log): nothing to compare")
+    if model.engine != engines.TFLITE or model._whole is None:
+        raise SystemExit(f"{export} is not scored whole on TFLite (see the log): nothing to compare")
+    split = ScoringModel(export, engines.TFLITE, whole=False)  # the fallback, measured beside the job's path
+    split.load(contract.SERVING_DIR)
     size = model.card.input_size
     images = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
     runs = {"maps_on": lambda: model.score_images(images),
-            "maps_off": lambda: model.score_embeddings(model._backbone_engine().embed(images))}
+            "maps_on_split": lambda: split.score_images(images),
+            "maps_off": lambda: split.score_embeddings(split._backbone_engine().embed(images))}
     for run in runs.values():
         run()  # first calls trace and allocate
     seconds = {name: [] for name in runs}
@@ -47,7 +50,8 @@ def measure(export: str, rounds: int, batch: int) -> dict:
     median = {name: float(np.median(values)) for name, values in seconds.items()}
     return {"export": export, "version_id": model.card.version_id, "batch": batch, "rounds": rounds,
             "images_per_s": {name: batch / value for name, value in median.items()},
-            "maps_on_vs_off": median["maps_off"] / median["maps_on"], "seconds": seconds,
+            "maps_on_vs_off": median["maps_off"] / median["maps_on"],
+            "split_maps_on_vs_off": median["maps_off"] / median["maps_on_split"], "seconds": seconds,
             "command": "PYTHONPATH=$PWD .venv/bin/python -m bench.maps_cost " + " ".join(sys.argv[1:])}
 
 
@@ -66,9 +70,11 @@ def main(argv=None) -> int:
         f"`{result['command']}`; model `{result['version_id']}`, batch {result['batch']}, {result['rounds']} rounds "
         "alternating, medians, decoding not included.\n\n"
         "| path | images/s |\n|---|---:|\n"
-        f"| maps on: final map on TFLite -> head/ score_maps | {ips['maps_on']:.1f} |\n"
+        f"| maps on, the job's path: the whole score_images on TFLite | {ips['maps_on']:.1f} |\n"
+        f"| maps on, its fallback: final map on TFLite -> head/ score_maps | {ips['maps_on_split']:.1f} |\n"
         f"| maps off: embedding on TFLite -> head/ serving_default | {ips['maps_off']:.1f} |\n"
-        f"| **maps on / off** (goal >= 0.9) | **{result['maps_on_vs_off']:.3f}** |\n")
+        f"| **maps on / off** (goal >= 0.9) | **{result['maps_on_vs_off']:.3f}** |\n"
+        f"| fallback maps on / off | {result['split_maps_on_vs_off']:.3f} |\n")
     print(f"maps on / off: {result['maps_on_vs_off']:.3f} ({ips['maps_on']:.1f} vs {ips['maps_off']:.1f} images/s)")
     return 0
 

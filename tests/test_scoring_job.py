@@ -219,10 +219,41 @@ def test_multi_crop_keeps_the_most_brand_like_view(posts, scored, sample_model, 
         assert max(row["score_acme"], row["score_zenith"]) >= max(base["score_acme"], base["score_zenith"]) - 1e-6
 
 
-def test_engine_seam_runs_the_backbone_on_tflite_and_falls_back_where_it_cannot(sample_model, tmp_path):
-    """TFLite runs the backbone; the head finishes from its embedding, or, for evidence outputs, from its final map
-    (head/'s score_maps): every output within the engine's tolerance of the SavedModel's. An export without
-    score_maps (written before it) scores on its SavedModel; one without head/ runs its whole score_images on TFLite."""
+def _unconvertible(export: Path, target: Path) -> Path:
+    """A copy of ``export`` whose score_images holds an op TFLite lacks (MatrixDiagPartV3), the same values."""
+    import shutil
+
+    import tensorflow as tf
+
+    from schemas import model as contract
+
+    shutil.copytree(export, target, ignore=shutil.ignore_patterns(contract.SERVING_DIR))
+    inner = tf.saved_model.load(str(export / contract.SERVING_DIR))
+    size = json.loads((export / contract.MODEL_CARD).read_text())["backbone"]["input_size"]
+
+    class Unconvertible(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.backbone = inner, inner.backbone  # the backbone where the split path finds it
+
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name=contract.INPUT_IMAGES)])
+        def score_images(self, images):
+            out = dict(self.inner.signatures[contract.SIG_IMAGES](**{contract.INPUT_IMAGES: images}))
+            scores = out[contract.OUT_SCORES]
+            out[contract.OUT_SCORES] = tf.linalg.diag_part(tf.tile(scores[:, None, :], [1, tf.shape(scores)[1], 1]))
+            return out
+
+    module = Unconvertible()
+    tf.saved_model.save(module, str(target / contract.SERVING_DIR), signatures={contract.SIG_IMAGES: module.score_images})
+    return target
+
+
+def test_engine_seam_runs_the_whole_signature_on_tflite_and_falls_back_where_it_cannot(sample_model, tmp_path,
+                                                                                      monkeypatch):
+    """TFLite runs the whole score_images (one interpreter call per batch), every output within the engine's
+    tolerance of the SavedModel's. A graph that does not convert runs its backbone on TFLite and head/ after it:
+    from the final map (score_maps) where the export makes evidence outputs; an export whose head/ has no
+    score_maps as well (written before it) scores on its SavedModel."""
     import shutil
 
     import tensorflow as tf
@@ -231,21 +262,32 @@ def test_engine_seam_runs_the_backbone_on_tflite_and_falls_back_where_it_cannot(
     from brandlens import engines
     from schemas import model as contract
 
+    monkeypatch.setenv("BRANDLENS_ENGINE_CACHE", str(tmp_path / "engines"))
     images = np.random.default_rng(0).uniform(0, 255, (2, *[ScoringModel(sample_model).card.input_size] * 2, 3)).astype(np.float32)
     reference = ScoringModel(sample_model).score_images(images)
     assert any(name in reference for name in contract.EVIDENCE_OUTPUTS)  # the sample export makes boxes
+
+    def check(out, tolerance=1e-3):
+        assert set(out) == set(reference)
+        for name in (contract.OUT_SCORES, contract.OUT_CONFIDENCE, contract.OUT_REGION_SCORES, contract.OUT_EVIDENCE_MAPS):
+            np.testing.assert_allclose(out[name], reference[name], atol=tolerance, err_msg=name)
+        np.testing.assert_allclose(out[contract.OUT_EMBEDDING], reference[contract.OUT_EMBEDDING], atol=1e-4)
+        assert list(out[contract.OUT_LABEL]) == list(reference[contract.OUT_LABEL])
+
     model = ScoringModel(sample_model, engines.TFLITE)
     model.load(contract.SERVING_DIR)
-    assert model.engine == engines.TFLITE
-    out = model.score_images(images)
-    assert set(out) == set(reference)
-    for name in (contract.OUT_SCORES, contract.OUT_CONFIDENCE, contract.OUT_REGION_SCORES, contract.OUT_EVIDENCE_MAPS):
-        np.testing.assert_allclose(out[name], reference[name], atol=1e-3, err_msg=name)
-    np.testing.assert_allclose(out[contract.OUT_EMBEDDING], reference[contract.OUT_EMBEDDING], atol=1e-4)
-    assert list(out[contract.OUT_LABEL]) == list(reference[contract.OUT_LABEL])
+    assert model.engine == engines.TFLITE and model._whole is not None
+    assert len(list((tmp_path / "engines").glob("*.tflite"))) == 1  # the whole signature, nothing else converted
+    check(model.score_images(images))
 
-    older = tmp_path / "older"  # head/ with serving_default only, as exports made before score_maps
-    shutil.copytree(sample_model, older)
+    split = _unconvertible(sample_model, tmp_path / "split")
+    model = ScoringModel(str(split), engines.TFLITE)
+    model.load(contract.SERVING_DIR)
+    assert model.engine == engines.TFLITE and model._whole is None and model._from_maps
+    check(model.score_images(images))
+
+    older = tmp_path / "older"  # and head/ with serving_default only, as exports made before score_maps
+    shutil.copytree(split, older)
     head = tf.saved_model.load(str(older / contract.HEAD_DIR))
     shutil.rmtree(older / contract.HEAD_DIR)
     tf.saved_model.save(head, str(older / contract.HEAD_DIR), signatures={contract.SIG_EMBEDDING: head.serve})
@@ -254,20 +296,12 @@ def test_engine_seam_runs_the_backbone_on_tflite_and_falls_back_where_it_cannot(
     assert model.engine == engines.SAVEDMODEL
     np.testing.assert_allclose(model.score_images(images)["scores"], reference["scores"], atol=1e-6)
 
-    headless = tmp_path / "headless"
-    shutil.copytree(sample_model, headless)
-    shutil.rmtree(headless / contract.HEAD_DIR)
-    model = ScoringModel(str(headless), engines.TFLITE)  # no head/ to finish from: the whole score_images converts
-    model.load(contract.SERVING_DIR)
-    assert model.engine == engines.TFLITE
-    np.testing.assert_allclose(model.score_images(images)["scores"], reference["scores"], atol=1e-4)
-
 
 def test_maps_cost_benchmark_compares_both_tflite_paths(sample_model):
     from bench.maps_cost import measure
 
     result = measure(str(sample_model), rounds=2, batch=2)
-    assert set(result["images_per_s"]) == {"maps_on", "maps_off"} and all(v > 0 for v in result["images_per_s"].values())
+    assert set(result["images_per_s"]) == {"maps_on", "maps_on_split", "maps_off"} and all(v > 0 for v in result["images_per_s"].values())
     assert all(len(v) == 2 for v in result["seconds"].values()) and result["maps_on_vs_off"] > 0
 
 

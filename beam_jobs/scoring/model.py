@@ -84,16 +84,17 @@ class ScoringModel:
     """The serving and head SavedModels of one export, with its card.
 
     ``engine`` (``brandlens.engines``) runs ``score_images``: ``savedmodel`` calls the serving
-    signature; any other engine runs the serving model's own backbone on that engine, then the
-    head (what the signature computes, to the engine's tolerance; ``schemas/model.py``): on the
-    embedding, or, where the export makes evidence outputs (boxes need the final map), on the final
-    map through ``head/``'s ``score_maps``. An export with adapted blocks (no ``head/``) has its whole
-    ``score_images`` signature converted to the engine instead (once per model version and machine). One
-    the engine cannot run (exports with evidence outputs but no ``score_maps``, or whose graph holds an op
-    TFLite lacks: adapted exports made before evidence avoided ``diag_part``) is scored on its SavedModel.
+    signature; any other engine runs the whole ``score_images`` signature converted to that engine (once per
+    model version and machine; what the signature computes, to the engine's tolerance: ``schemas/model.py``).
+    Where it does not convert (a graph with an op TFLite lacks), an export with ``head/`` runs its backbone on
+    the engine, then the head: on the embedding, or, where the export makes evidence outputs (boxes need the
+    final map), on the final map through ``head/``'s ``score_maps``. One the engine cannot run that way either
+    (evidence outputs but no ``score_maps``; adapted exports made before evidence avoided ``diag_part``) is
+    scored on its SavedModel.
     """
 
-    def __init__(self, export_dir: str, engine: str = engines.SAVEDMODEL):
+    def __init__(self, export_dir: str, engine: str = engines.SAVEDMODEL, whole: bool = True):
+        """``whole=False`` skips the whole-signature conversion (the fallback path, measured beside it)."""
         import tensorflow as tf
 
         if engine not in engines.ENGINES:
@@ -106,7 +107,8 @@ class ScoringModel:
         self._maps = None       # head/'s score_maps, where the engine's final map goes (exports with evidence)
         self._from_maps = False
         self._engine = None
-        self._whole = None      # the whole score_images on the engine (exports with adapted blocks)
+        self._whole = None      # the whole score_images on the engine
+        self._try_whole = whole
         self._tf = tf
         self._local = Path(local)
         self._lock = threading.Lock()
@@ -131,15 +133,20 @@ class ScoringModel:
             return getattr(self, attr)[1]
 
     def _engine_applies(self) -> bool:
-        """Whether backbone-on-engine + head computes all of ``score_images``; else fall back to the SavedModel."""
+        """Whether the engine computes all of ``score_images``; else fall back to the SavedModel.
+
+        The whole signature converted to the engine comes first: one interpreter call per batch, as fast as the
+        backbone alone (the split path below pays a second, TensorFlow call for the head's maps). Where it does
+        not convert, an export with ``head/`` runs its backbone on the engine and the head after it.
+        """
         if self.engine == engines.SAVEDMODEL:
             return False
         if self._whole is not None:
             return True
-        reason = None
-        if not (self._local / contract.HEAD_DIR).is_dir():
-            reason = self._whole_on_engine()
-        else:
+        reason = self._whole_on_engine() if self._try_whole else "not asked to convert the whole signature"
+        if reason is not None and (self._local / contract.HEAD_DIR).is_dir():
+            log.info("scoring %s as backbone on %s + head/: %s", self.card.version_id, self.engine, reason)
+            reason = None
             outputs = self._signature("_serving", contract.SERVING_DIR, contract.SIG_IMAGES).structured_outputs
             if any(name in outputs for name in contract.EVIDENCE_OUTPUTS):
                 head = self._tf.saved_model.load(str(self._local / contract.HEAD_DIR))
@@ -156,7 +163,7 @@ class ScoringModel:
         return reason is None
 
     def _whole_on_engine(self) -> str | None:
-        """Convert ``score_images`` to the engine (adapted blocks: no backbone + head split); why not, or None."""
+        """Convert ``score_images`` to the engine (once per model version and graph); why not, or None."""
         serving = self._local / contract.SERVING_DIR
         try:  # keyed by the graph's own bytes too: a changed serving/ under the same version id is converted anew
             graph = hashlib.sha256((serving / "saved_model.pb").read_bytes()).hexdigest()[:12]
