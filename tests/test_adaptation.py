@@ -61,7 +61,10 @@ def test_cut_maps_are_stored_with_the_embedding_and_label_map_applies(cut_bottle
     test = data.splits["test"]
     images = np.stack([prepare(decode_image(Path(u).read_bytes()), fp.input_size, fp.crop_fraction) for u in test.uri[:4]])
     out = backbone.run_with_cut(images, CUT)
-    assert np.max(np.abs(out["cut_map"].astype(np.float16).astype(np.float32) - test.maps[:4].astype(np.float32))) < 1e-3
+    # stored as float16: within one half-precision step (2**-10 relative) of a fresh float32 pass, whose own
+    # float noise between batchings can round the other way
+    fresh, stored = out["cut_map"], test.maps[:4].astype(np.float32)
+    assert np.all(np.abs(fresh - stored) <= np.abs(fresh) * 2.0 ** -10 + 1e-4)
     assert np.max(np.abs(out["embedding"] - test.raw[:4])) < 1e-4
     assert np.max(np.abs(backbone.embed(images) - out["embedding"])) < 1e-5  # one pass gives the saved model's embedding
 
