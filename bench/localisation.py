@@ -226,6 +226,48 @@ def tile_images(loads, grid: int):
     return [lambda load=load, k=k: views(load(), grid)[k + 1] for load in loads for k in range(grid * grid)]
 
 
+TILE_LOGO_SHARE = 0.5      # a tile shows a logo when it holds >= half of one of the photo's logo boxes
+TILE_EMPTY_SHARE = 0.1     # ... and is logo-free ('neither') when it holds < a tenth of every box
+
+
+def tile_labels(boxes, height: int, width: int, grid: int, label: str) -> list[str | None]:
+    """Per tile of one photo (``brandlens.preprocess.tile_boxes`` order): its brand, NEITHER, or None (part of a logo).
+
+    ``boxes`` are the photo's logo boxes (x1, y1, x2, y2 in pixels); a photo without boxes is 'neither' throughout
+    unless its label is a brand (then its tiles are unknown: None).
+    """
+    from brandlens.preprocess import tile_boxes
+
+    out = []
+    for top, left, bottom, right in tile_boxes(height, width, grid):
+        if not boxes:
+            out.append(NEITHER if label == NEITHER else None)
+            continue
+        shares = [max(0, min(x2, right) - max(x1, left)) * max(0, min(y2, bottom) - max(y1, top)) /
+                  ((x2 - x1) * (y2 - y1)) for x1, y1, x2, y2 in boxes]
+        out.append(label if max(shares) >= TILE_LOGO_SHARE else NEITHER if max(shares) < TILE_EMPTY_SHARE else None)
+    return out
+
+
+def tile_max_scores(whole: dict, tiles: dict, grid: int) -> np.ndarray:
+    """Per photo and class, the best multi-label score over the whole photo and its ``grid`` x ``grid`` tiles."""
+    from brandlens import evidence as ev
+
+    per_tile = ev.brand_scores(tiles["scores"], tiles["region_scores"]).reshape(-1, grid * grid, tiles["scores"].shape[1])
+    return np.maximum(ev.brand_scores(whole["scores"], whole["region_scores"]), per_tile.max(axis=1))
+
+
+def reported_with_tiles(whole: dict, tiles: dict, grid: int, labels, thresholds: dict) -> list[set[str]]:
+    """Per photo: the whole photo's label (when a brand) and every brand whose tile-max score passes its threshold."""
+    best = tile_max_scores(whole, tiles, grid)
+    found = []
+    for i in range(len(best)):
+        label = labels[int(np.argmax(whole["scores"][i]))]
+        found.append({label} - {NEITHER} | {name for j, name in enumerate(labels)
+                                            if name != NEITHER and best[i, j] >= thresholds[name]})
+    return found
+
+
 def throughput_ratio(backbone, head, images: np.ndarray, rounds: int = 10) -> dict:
     """Images/s of backbone + head with and without the evidence ops, alternating, on the same batch."""
     import tensorflow as tf
@@ -288,6 +330,11 @@ def write_markdown(result: dict, path: Path = RESULTS_MD) -> None:
     lines += [f"| lever: also brands passing their threshold on one of {grid}x{grid} tiles (--multi-crop {grid}): both "
               f"brands reported / false extra on single-brand photos | {result[f'multi_brand_recall_with_tiles{grid}']:.3f} / "
               f"{result[f'single_brand_false_extra_rate_with_tiles{grid}']:.3f} |",
+              *[f"| lever: {'a head also trained on the tiles of the training photos (labelled by their logo boxes)' if name == 'tile_head' else 'the same head'}, "
+                f"thresholds chosen on the best of photo and {grid}x{grid} tiles (CV): both brands reported / false extra on "
+                f"single-brand photos / no-logo photos with a brand / test accuracy | {lv['multi_brand_recall']:.3f} / "
+                f"{lv['single_brand_false_extra_rate']:.3f} / {lv['none_test_photos_with_a_brand']:.3f} / {lv['test_accuracy']:.3f} |"
+                for name, lv in result.get(f"tile_thresholds_lever{grid}", {}).items()],
               f"| single-brand test photos with any brand that is not theirs (label errors included) | "
               f"{result['single_brand_any_wrong_brand_rate']:.3f} |",
               f"| 'none' test photos (no logo) with any brand reported | {result['none_test_photos_with_a_brand']:.3f} |",
@@ -346,8 +393,13 @@ def main(argv=None) -> int:
     comps = composites(test, decode, crop)
     compm = cached_maps(backbone, "composites", [lambda c=c: c["rgb"] for c in comps], args.cache)
     single = [i for i, t in enumerate(test) if t["label"] != NEITHER]
-    tiles_test = cached_maps(backbone, f"test-tiles{args.grid}", tile_images(
-        [lambda p=test[i]["path"]: decode(p) for i in single], args.grid), args.cache, square=False)
+    g2 = args.grid * args.grid
+    tiles_all = cached_maps(backbone, f"test-all-tiles{args.grid}", tile_images(
+        [lambda p=t["path"]: decode(p) for t in test], args.grid), args.cache, square=False)
+    tiles_test = {"maps": tiles_all["maps"].reshape(len(test), g2, *tiles_all["maps"].shape[1:])[single].reshape(
+        -1, *tiles_all["maps"].shape[1:])}
+    tiles_train = cached_maps(backbone, f"train-tiles{args.grid}", tile_images(
+        [lambda p=t["path"]: decode(p) for t in train], args.grid), args.cache, square=False)
     tiles_comp = cached_maps(backbone, f"composites-tiles{args.grid}", tile_images(
         [lambda c=c: c["rgb"] for c in comps], args.grid), args.cache, square=False)
 
@@ -359,14 +411,34 @@ def main(argv=None) -> int:
     variants, oof = {}, {}
     for v in VARIANTS:
         oof[v] = {}
+    # The tile lever: tiles scored by the whole-photo head ("whole") or by a head that also trained on the tiles
+    # of the other folds' photos, labelled by the logo boxes ("tiles"); thresholds on the best of photo and tiles.
+    tile_y = np.array([index[lab] if lab is not None else -1 for t, size in zip(train, tm["sizes"])
+                       for lab in tile_labels(t["boxes"], int(size[0]), int(size[1]), args.grid, t["label"])])
+    tile_pooled = tiles_train["maps"].astype(np.float32).mean(axis=(1, 2))
+    tile_photo = np.repeat(np.arange(len(train)), g2)
+    lever = {name: {"whole": {}, "tiles": {}} for name in ("whole_head", "tile_head")}
+
+    def keep(store, held_rows, out, n):
+        for key, value in out.items():
+            store.setdefault(key, np.zeros((n,) + value.shape[1:], value.dtype))[held_rows] = value
+
     for k in range(args.folds):
         held = fold == k
+        held_tiles = held[tile_photo]
         head = fit_head(pooled[~held], y[~held], len(labels))
         for v in VARIANTS:
-            out = run_evidence(tm["maps"][held], head, *v)
-            for key, value in out.items():
-                oof[v].setdefault(key, np.zeros((len(train),) + value.shape[1:], value.dtype))[held] = value
+            keep(oof[v], held, run_evidence(tm["maps"][held], head, *v), len(train))
+        keep(lever["whole_head"]["tiles"], held_tiles, run_evidence(tiles_train["maps"][held_tiles], head, *VARIANTS[0]),
+             len(tile_y))
+        known = ~held_tiles & (tile_y >= 0)
+        tile_head = fit_head(np.concatenate([pooled[~held], tile_pooled[known]]),
+                             np.concatenate([y[~held], tile_y[known]]), len(labels))
+        keep(lever["tile_head"]["whole"], held, run_evidence(tm["maps"][held], tile_head, *VARIANTS[0]), len(train))
+        keep(lever["tile_head"]["tiles"], held_tiles,
+             run_evidence(tiles_train["maps"][held_tiles], tile_head, *VARIANTS[0]), len(tile_y))
         log.info("fold %d/%d done", k + 1, args.folds)
+    lever["whole_head"]["whole"] = oof[VARIANTS[0]]
     for v in VARIANTS:
         rates = localisation_rates(train, tm["sizes"], oof[v], y, crop, mode)
         variants[f"upsample={v[0]} relative={v[1]} heat={'log_prob' if v[2] else 'logit'}"] = rates
@@ -389,6 +461,31 @@ def main(argv=None) -> int:
     both_tiles = [set(c["labels"]) <= brands_reported(cout, i, labels, thresholds, tcout, args.grid, i)
                   for i, c in enumerate(comps)]
     none_any = [bool(brands_reported(tout, i, labels, thresholds)) for i, t in enumerate(test) if t["label"] == NEITHER]
+    tile_lever = {}
+    for name, parts in lever.items():
+        lever_thresholds = ev.choose_thresholds(tile_max_scores(parts["whole"], parts["tiles"], args.grid), y, labels,
+                                                NEITHER, MAX_EXTRA_RATE)
+        final = head if name == "whole_head" else fit_head(
+            np.concatenate([pooled, tile_pooled[tile_y >= 0]]), np.concatenate([y, tile_y[tile_y >= 0]]), len(labels))
+        t_out, c_out = run_evidence(testm["maps"], final, *VARIANTS[0]), run_evidence(compm["maps"], final, *VARIANTS[0])
+        t_found = reported_with_tiles(t_out, run_evidence(tiles_all["maps"], final, *VARIANTS[0]), args.grid, labels,
+                                      lever_thresholds)
+        c_found = reported_with_tiles(c_out, run_evidence(tiles_comp["maps"], final, *VARIANTS[0]), args.grid, labels,
+                                      lever_thresholds)
+        t_top = [labels[int(np.argmax(row))] for row in t_out["scores"]]
+        tile_lever[name] = {
+            "multi_brand_recall": float(np.mean([set(c["labels"]) <= f for c, f in zip(comps, c_found)])),
+            "multi_brand_recall_by_kind": {kind: float(np.mean([set(c["labels"]) <= f for c, f in zip(comps, c_found)
+                                                                 if c["kind"] == kind])) for kind in ("side_by_side", "pasted_small")},
+            "single_brand_false_extra_rate": float(np.mean([bool(t_found[i] - {test[i]["label"], t_top[i]})
+                                                            for i in single])),
+            "none_test_photos_with_a_brand": float(np.mean([bool(t_found[i]) for i, t in enumerate(test)
+                                                            if t["label"] == NEITHER])),
+            "test_accuracy": float(np.mean([t_top[i] == t["label"] for i, t in enumerate(test)])),
+            "cv_accuracy": float(np.mean(np.argmax(parts["whole"]["scores"], axis=1) == y)),
+            "n_training_tiles": int((tile_y >= 0).sum()) if name == "tile_head" else 0,
+        }
+        log.info("tile lever %s: %s", name, json.dumps(tile_lever[name]))
     both = {}
     for i, c in enumerate(comps):
         both.setdefault(c["kind"], []).append(set(c["labels"]) <= brands_reported(cout, i, labels, thresholds))
@@ -413,7 +510,7 @@ def main(argv=None) -> int:
         "multi_brand_recall_top_label_only": without,
         "none_test_photos_with_a_brand": float(np.mean(none_any)), "n_single_brand_test": len(single),
         "n_none_test": len(none_any), "cv_folds": args.folds, "cv_grid": args.grid, "cv_accuracy": cv_accuracy, "test_accuracy": test_accuracy,
-        "variants_cv": variants, "thresholds": thresholds, "max_extra_rate_target_cv": MAX_EXTRA_RATE,
+        f"tile_thresholds_lever{args.grid}": tile_lever, "variants_cv": variants, "thresholds": thresholds, "max_extra_rate_target_cv": MAX_EXTRA_RATE,
         "backbone": backbone.fingerprint.version, "resize_mode": mode, "crop_fraction": crop,
         "defaults": {"upsample": ev.UPSAMPLE, "relative": ev.RELATIVE}, **speed, "goals": GOALS,
     }
