@@ -224,3 +224,57 @@ def thresholds_from_model(score_bytes, blobs: list[bytes], y: np.ndarray, labels
     if not combined:
         return None
     return choose_thresholds(np.concatenate(combined), np.asarray(y), labels, neither, max_extra_rate)
+
+
+TILE_GRID = 2  # the --multi-crop grid whose tile thresholds an export carries (bench/localisation.py measured 2 x 2)
+
+
+def add_tile_brands(brands: list[dict], label: str, view_scores: np.ndarray, view_region_scores: np.ndarray | None,
+                    labels, neither: str | None, tile_thresholds: dict, view_boxes=None) -> list[dict]:
+    """``brands`` (:func:`reported_brands` of one view) plus each brand whose best score over all views passes its
+    tile threshold.
+
+    Views are the whole photo and its multi-crop tiles (``view_scores`` [V, C]): a logo that is small in the photo
+    fills more of a tile. ``view_boxes(v)`` gives view ``v``'s boxes [C, 4] on the photo; a brand's box is taken
+    from the view where its score peaks.
+    """
+    combined = brand_scores(view_scores, view_region_scores)
+    have = {b["label"] for b in brands}
+    out = list(brands)
+    for j, name in enumerate(labels):
+        if name == neither or name in have or name not in tile_thresholds:
+            continue
+        v = int(np.argmax(combined[:, j]))
+        if combined[v, j] >= tile_thresholds[name]:
+            box = None if view_boxes is None else [float(x) for x in view_boxes(v)[j]]
+            out.append({"label": name, "score": float(combined[v, j]), "box": box,
+                        "area": None if box is None else box_area(box)})
+    out.sort(key=lambda b: (b["label"] != label, -b["score"], b["label"]))
+    return out
+
+
+def tile_thresholds_from_model(score_images, photos: list[np.ndarray], y: np.ndarray, labels, neither: str | None,
+                               size: int, crop_fraction: float, resize_mode: str, grid: int = TILE_GRID,
+                               max_extra_rate: float = MAX_EXTRA_RATE, batch: int = 32) -> dict | None:
+    """Per-brand thresholds on the best score over a photo and its ``grid`` x ``grid`` tiles, from held-out photos.
+
+    ``photos`` are decoded RGB arrays; each is prepared as the scoring job's ``--multi-crop`` prepares its views
+    (the whole photo as trained, tiles squashed) and ``score_images`` (images [N, S, S, 3] -> outputs) scores them.
+    Thresholds on whole photos would let tiles, which see more of each logo and of everything else, add extras.
+    """
+    from brandlens.preprocess import prepare, tile_boxes
+
+    views = []
+    for rgb in photos:
+        views.append(prepare(rgb, size, crop_fraction, resize_mode))
+        views += [prepare(rgb[t:b, l:r], size, 1.0, "squash") for t, l, b, r in tile_boxes(*rgb.shape[:2], grid)]
+    combined = []
+    for start in range(0, len(views), batch):
+        out = score_images(np.stack(views[start:start + batch]))
+        if OUT_REGION_SCORES not in out:
+            return None
+        combined.append(brand_scores(np.asarray(out["scores"]), np.asarray(out[OUT_REGION_SCORES])))
+    if not combined:
+        return None
+    best = np.concatenate(combined).reshape(len(photos), grid * grid + 1, -1).max(axis=1)
+    return choose_thresholds(best, np.asarray(y), labels, neither, max_extra_rate)

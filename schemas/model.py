@@ -87,4 +87,6 @@ MODEL_CARD_FIELDS = (
     "brandlens_version",
     "brand_thresholds",  # label -> min max(score, region score) for an extra brand in a photo, chosen on
                          # validation photos (brandlens.evidence.choose_thresholds); null: report the label only
+    "tile_thresholds",  # {"<grid>": {label -> min best score over a photo and its grid x grid tiles}}: what
+                        # --multi-crop <grid> reports beside the label (brandlens.evidence.tile_thresholds_from_model)
 )

@@ -96,6 +96,18 @@ def test_thresholds_and_several_brands_per_photo():
     assert ev.reported_brands("acme", scores, labels, "neither", None)[0]["box"] is None
 
 
+def test_a_brand_that_passes_its_tile_threshold_on_any_view_is_added_with_that_views_box():
+    labels = ["acme", "neither", "zenith"]
+    brands = ev.reported_brands("acme", np.array([0.7, 0.2, 0.1]), labels, "neither", None)
+    views = np.array([[0.7, 0.2, 0.1], [0.2, 0.2, 0.6], [0.1, 0.1, 0.8], [0.3, 0.5, 0.2]])  # whole photo, 3 tiles
+    boxes = lambda v: np.full((3, 4), v / 10.0)  # noqa: E731  (view v's boxes: all v/10)
+    found = ev.add_tile_brands(brands, "acme", views, None, labels, "neither", {"acme": 0.9, "zenith": 0.75}, boxes)
+    assert [(b["label"], round(b["score"], 3), b["box"]) for b in found] == [("acme", 0.7, None), ("zenith", 0.8, [0.2] * 4)]
+    assert ev.add_tile_brands(brands, "acme", views, None, labels, "neither", {"zenith": 0.85}) == brands
+    assert [b["label"] for b in ev.add_tile_brands([], "neither", views, None, labels, "neither",
+                                                         {"acme": 0.6, "zenith": 0.6})] == ["zenith", "acme"]
+
+
 def test_score_row_writes_brands_and_box_that_the_schema_accepts():
     labels = ("acme", "zenith", "neither")
     outputs = {"label": np.array(["zenith", "neither"], object), "confidence": np.array([0.6, 0.9], np.float32),

@@ -219,6 +219,30 @@ def test_multi_crop_keeps_the_most_brand_like_view(posts, scored, sample_model, 
         assert max(row["score_acme"], row["score_zenith"]) >= max(base["score_acme"], base["score_zenith"]) - 1e-6
 
 
+def test_multi_crop_reports_every_brand_passing_its_tile_threshold_on_some_view(posts, sample_model, tmp_path):
+    import shutil
+
+    from schemas import model as contract
+
+    manifest, _, _ = posts
+    exported = json.loads((sample_model / contract.MODEL_CARD).read_text())["tile_thresholds"]
+    assert set(exported) == {"2"} and set(exported["2"]) == {"acme", "zenith"}
+    assert all(0.5 <= t <= 1.0 for t in exported["2"].values())
+    model = tmp_path / "model"
+    shutil.copytree(sample_model, model)
+    card = json.loads((model / contract.MODEL_CARD).read_text())
+    card["tile_thresholds"] = {"2": {"acme": 0.0, "zenith": 0.0}}  # every brand passes on some view
+    (model / contract.MODEL_CARD).write_text(json.dumps(card))
+    summary = _score(manifest, model, tmp_path / "multi", multi_crop=2)
+    rows = _rows(tmp_path / "multi")
+    assert summary["reconciliation"]["ok"] and rows
+    for row in rows:
+        assert sorted(b["label"] for b in row[schema.BRANDS]) == ["acme", "zenith"] and row[schema.BRAND_FOUND]
+        assert all(len(b["box"]) == 4 and all(0.0 <= v <= 1.0 for v in b["box"]) for b in row[schema.BRANDS])
+    plain = _score(manifest, model, tmp_path / "plain")  # no tiles: the tile thresholds do not apply
+    assert any(len(r[schema.BRANDS]) < 2 for r in _rows(tmp_path / "plain")) and plain["reconciliation"]["ok"]
+
+
 def _unconvertible(export: Path, target: Path) -> Path:
     """A copy of ``export`` whose score_images holds an op TFLite lacks (MatrixDiagPartV3), the same values."""
     import shutil

@@ -215,6 +215,8 @@ def export_model(config, data, run, metrics: dict) -> dict:
         "export_check": check,
         "brand_thresholds": _brand_thresholds(output, data, config.image_root or default_image_root(data), read_bytes,
                                               resolve_uri),
+        "tile_thresholds": _tile_thresholds(output, data, config.image_root or default_image_root(data), read_bytes,
+                                            resolve_uri),
     }
     (output / contract.MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
     write_serving_layout(output)
@@ -235,6 +237,31 @@ def _brand_thresholds(output: Path, data, image_root, read_bytes, resolve_uri) -
     score = lambda blobs: {k: v.numpy() for k, v in serving(**{contract.INPUT_BYTES: tf.constant(blobs)}).items()}  # noqa: E731
     return evidence.thresholds_from_model(score, [b for b, _ in found], np.array([y for _, y in found]), data.labels,
                                           data.neither_label)
+
+
+def _tile_thresholds(output: Path, data, image_root, read_bytes, resolve_uri) -> dict | None:
+    """Thresholds for brands found on the scoring job's ``--multi-crop`` tiles, chosen on the validation photos."""
+    import tensorflow as tf
+
+    from brandlens import evidence
+    from brandlens.imaging import decode_image
+    from brandlens.preprocess import decode_side
+
+    fp = data.fingerprint
+    size, crop, mode = fp.input_size, fp.crop_fraction, fp.resize_mode
+    validation = data.splits["validation"]
+    photos, y = [], []
+    for i in range(len(validation)):
+        blob = read_bytes(resolve_uri(str(validation.uri[i]), image_root))
+        if blob is not None:
+            photos.append(decode_image(blob, min_side=decode_side(size, crop, evidence.TILE_GRID)))
+            y.append(validation.y[i])
+    serving = tf.saved_model.load(str(output / contract.SERVING_DIR)).signatures[contract.SIG_IMAGES]
+    score = lambda x: {k: v.numpy() for k, v in serving(**{contract.INPUT_IMAGES: tf.constant(x)}).items()}  # noqa: E731
+    found = evidence.tile_thresholds_from_model(score, photos, np.array(y), data.labels, data.neither_label, size, crop,
+                                                mode)
+    log.info("tile thresholds for --multi-crop %d from %d validation photos: %s", evidence.TILE_GRID, len(photos), found)
+    return None if found is None else {str(evidence.TILE_GRID): found}
 
 
 def verify_export(output: Path, data, test_scores: np.ndarray, max_images: int, image_root, read_bytes, resolve_uri) -> dict:

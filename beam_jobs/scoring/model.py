@@ -39,6 +39,11 @@ class ModelCard:
     threshold: float | None
     backbone: dict
     brand_thresholds: dict | None = None  # label -> min score to report a brand beside the label (brandlens.evidence)
+    tile_thresholds: dict | None = None   # "<grid>" -> the same over a photo and its --multi-crop tiles
+
+    def tile_thresholds_for(self, grid: int) -> dict | None:
+        """The thresholds for brands found on ``grid`` x ``grid`` tiles; None: only the chosen view's brands."""
+        return (self.tile_thresholds or {}).get(str(grid)) if grid > 1 else None
 
     @property
     def backbone_version(self) -> str:
@@ -77,7 +82,7 @@ def read_model_card(export_dir: str) -> ModelCard:
     if missing:
         raise ArtifactError(f"{path} lacks {missing}")
     return ModelCard(card["version_id"], tuple(card["labels"]), card.get("neither_label"), card.get("threshold"), card["backbone"],
-                     card.get("brand_thresholds"))
+                     card.get("brand_thresholds"), card.get("tile_thresholds"))
 
 
 class ScoringModel:

@@ -181,13 +181,13 @@ class _ToRow:
         if self._with_embedding:
             outputs = {**outputs, "embedding": outputs["embedding"][[0] * len(outputs["embedding"])]}  # the whole image's
         card = self._card
-        to_photo = functools.partial(view_boxes_to_photo, height=post.image_size[0], width=post.image_size[1],
-                                     grid=post.grid, view=chosen, crop_fraction=card.crop_fraction,
-                                     resize_mode=card.resize_mode)
+        view_to_photo = functools.partial(view_boxes_to_photo, height=post.image_size[0], width=post.image_size[1],
+                                          grid=post.grid, crop_fraction=card.crop_fraction, resize_mode=card.resize_mode)
+        to_photo = functools.partial(view_to_photo, view=chosen)
         row = score_row(post.post_id, post.given_uri or post.record.uri, post.content_hash, post.partition, outputs, chosen,
                         card.labels, card.neither_label, card.version_id, card.backbone_version, self._scored_at,
                         carry(post.record.metadata, self._carried), self._with_embedding, post.record.uri,
-                        card.brand_thresholds, to_photo)
+                        card.brand_thresholds, to_photo, card.tile_thresholds_for(post.grid), view_to_photo)
         self._counters.inc(SCORED)
         return row
 

@@ -101,11 +101,14 @@ def view_boxes_to_photo(boxes: np.ndarray, height: int, width: int, grid: int, v
 def score_row(post_id: str, uri: str, content_hash: str, partition: str, outputs: dict, index: int,
               labels: tuple[str, ...], neither: str | None, model_version: str, backbone: str,
               scored_at: dt.datetime, carried: dict, with_embedding: bool, resolved_uri: str | None = None,
-              brand_thresholds: dict | None = None, to_photo=None) -> dict:
+              brand_thresholds: dict | None = None, to_photo=None, tile_thresholds: dict | None = None,
+              view_to_photo=None) -> dict:
     """One output row (``schemas.scores`` columns + the ``dt`` partition) from the model's outputs.
 
     ``uri`` is the image uri as given, ``resolved_uri`` where it was read (default: the same);
     ``to_photo`` maps the chosen view's evidence boxes [C, 4] to the photo (:func:`view_boxes_to_photo`).
+    ``tile_thresholds`` (multi-crop): also report each brand whose best score over all views passes its threshold,
+    its box mapped by ``view_to_photo(boxes, view=v)``.
     """
     label = str(outputs["label"][index])
     scores = np.asarray(outputs["scores"][index:index + 1], np.float32)
@@ -115,6 +118,12 @@ def score_row(post_id: str, uri: str, content_hash: str, partition: str, outputs
         boxes = to_photo(boxes[index]) if to_photo is not None else boxes[index]
     brands = evidence.reported_brands(label, outputs["scores"][index], labels, neither, brand_thresholds,
                                       None if region is None else region[index], boxes)
+    if tile_thresholds and len(outputs["scores"]) > 1:
+        all_boxes = outputs.get(evidence.OUT_BOXES)
+        view_boxes = None if all_boxes is None or view_to_photo is None else (
+            lambda v: view_to_photo(all_boxes[v], view=v))
+        brands = evidence.add_tile_brands(brands, label, outputs["scores"], region, labels, neither, tile_thresholds,
+                                          view_boxes)
     row = {
         schema.POST_ID: post_id, schema.IMAGE_URI: uri, schema.RESOLVED_URI: resolved_uri or uri,
         schema.CONTENT_HASH: content_hash, schema.LABEL: label,
