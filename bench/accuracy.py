@@ -67,7 +67,7 @@ def plan_features(manifest: str, backbone: str, args) -> Features:
                     augment=plan.get("augment", 0) if args.augment is None else args.augment,
                     logo_crops=plan.get("logo_crops", False) and not args.no_logo_crops,
                     background_crops=plan.get("background_crops", False) and not args.quick,
-                    cut=None if args.quick else default.get("cut"))
+                    cut=None if args.quick else default.get("cut"), tiles=plan.get("tiles", 0) if args.tiles is None else args.tiles)
 
 
 def run_one(work: Path, manifest: str, features: Features, search: HeadSearch, export: bool) -> dict:
@@ -302,6 +302,8 @@ def main(argv=None) -> int:
     parser.add_argument("--crop-fraction", type=float, default=None, help="override the product's default crop")
     parser.add_argument("--augment", type=int, default=None, help="augmented variants per training image (default: the plan)")
     parser.add_argument("--no-logo-crops", action="store_true", help="no logo-box crops for flickrlogos27")
+    parser.add_argument("--tiles", type=int, default=None, metavar="N",
+                        help="also train on the N x N tiles of the training photos (the bottleneck job's --tiles; default: the plan)")
     parser.add_argument("--target-precision", type=float, default=None,
                         help="open world: brand-score threshold chosen on validation for this precision (default none)")
     args = parser.parse_args(argv)

@@ -101,7 +101,7 @@ class Features:
     logo_crops: bool = False              # flickrlogos27 only: boxes from the annotation file
     cut: int | None = None                # store the maps entering this block (the trainer's --adapt blocks)
     background_crops: bool = False        # flickrlogos27 only: strips outside the logo boxes as 'neither'
-    tiles: int = 0                        # multi-crop tiles of training photos without logo boxes (--tiles)
+    tiles: int = 0                        # multi-crop tiles of training photos, logo photos' by their boxes (--tiles)
     input_size: int | None = None         # None: the backbone's own input side (--input-size)
 
     @property
@@ -139,7 +139,7 @@ class Features:
         if self.background_crops:
             bits.append("background strips as neither")
         if self.tiles:
-            bits.append(f"{self.tiles}x{self.tiles} tiles of photos without boxes")
+            bits.append(f"{self.tiles}x{self.tiles} tiles (of logo photos by their boxes)")
         return ", ".join(bits)
 
 

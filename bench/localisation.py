@@ -226,27 +226,17 @@ def tile_images(loads, grid: int):
     return [lambda load=load, k=k: views(load(), grid)[k + 1] for load in loads for k in range(grid * grid)]
 
 
-TILE_LOGO_SHARE = 0.5      # a tile shows a logo when it holds >= half of one of the photo's logo boxes
-TILE_EMPTY_SHARE = 0.1     # ... and is logo-free ('neither') when it holds < a tenth of every box
-
-
 def tile_labels(boxes, height: int, width: int, grid: int, label: str) -> list[str | None]:
     """Per tile of one photo (``brandlens.preprocess.tile_boxes`` order): its brand, NEITHER, or None (part of a logo).
 
-    ``boxes`` are the photo's logo boxes (x1, y1, x2, y2 in pixels); a photo without boxes is 'neither' throughout
-    unless its label is a brand (then its tiles are unknown: None).
+    ``boxes`` are the photo's logo boxes (x1, y1, x2, y2 in pixels), labelled as the bottleneck job's ``--tiles``
+    does; a photo without boxes is 'neither' throughout unless its label is a brand (then its tiles are unknown: None).
     """
-    from brandlens.preprocess import tile_boxes
+    from beam_jobs.bottlenecks.augment import tile_labels as boxed_tile_labels
 
-    out = []
-    for top, left, bottom, right in tile_boxes(height, width, grid):
-        if not boxes:
-            out.append(NEITHER if label == NEITHER else None)
-            continue
-        shares = [max(0, min(x2, right) - max(x1, left)) * max(0, min(y2, bottom) - max(y1, top)) /
-                  ((x2 - x1) * (y2 - y1)) for x1, y1, x2, y2 in boxes]
-        out.append(label if max(shares) >= TILE_LOGO_SHARE else NEITHER if max(shares) < TILE_EMPTY_SHARE else None)
-    return out
+    if not boxes:
+        return [NEITHER if label == NEITHER else None] * (grid * grid)
+    return boxed_tile_labels(boxes, height, width, grid, label, NEITHER)
 
 
 def tile_max_scores(whole: dict, tiles: dict, grid: int) -> np.ndarray:

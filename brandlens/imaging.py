@@ -128,6 +128,23 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side:
         raise ImageDecodeError(_damage_reason(exc, data), f"{type(exc).__name__}: {exc}") from exc
 
 
+def upright_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of the image :func:`decode_image` makes of ``data`` at full scale, read from the header alone.
+
+    Logo boxes are drawn on the upright full-size photo; this places them without decoding it.
+    Raises ImageDecodeError when the header does not open.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as img:
+                width, height = img.size
+                orientation = img.getexif().get(0x0112, 1)
+    except Exception as exc:
+        raise ImageDecodeError(NOT_AN_IMAGE, f"{type(exc).__name__}: {exc}") from exc
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width <= 0 or height <= 0:

@@ -155,10 +155,14 @@ def test_examples_follow_the_schema_and_keep_a_duplicate_in_one_split(archive, f
     assert sorted(r.variant for r in train if r.variant.startswith("aug-")) == sorted(["aug-v1-1", "aug-v1-2"] * len(train_originals))
     logo = [r for r in train if r.variant.startswith("logo-")]
     assert len(logo) == 1 and logo[0].uri == str(tmp / rows[1]["uri"])
-    tiles = [r for r in train if r.variant.startswith("tile-")]  # every training photo but the one with a logo box
+    tiles = [r for r in train if r.variant.startswith("tile-")]
     without_box = [r for r in train_originals if r.uri != logo[0].uri]
+    boxed = next(r for r in train_originals if r.uri == logo[0].uri)
+    # Photos without boxes: every tile, labelled as the photo. The logo photo (320 px, box 40-200): only the tile
+    # holding most of its box; the others cut the logo, and logo-free tiles need --background-crops.
     assert sorted((r.content_hash, r.variant, r.label) for r in tiles) == sorted(
-        (o.content_hash, f"tile-v1-g2-{i}", o.label) for o in without_box for i in range(4))
+        [(o.content_hash, f"tile-v1-g2-{i}", o.label) for o in without_box for i in range(4)]
+        + [(boxed.content_hash, "tile-v1-g2-0", boxed.label)])
     assert all(r.variant == "original" for s in ("validation", "test") for r in examples[s])
     assert not np.allclose(train_originals[0].embedding, next(r.embedding for r in train if r.variant == "aug-v1-1"
                                                                and r.content_hash == train_originals[0].content_hash))

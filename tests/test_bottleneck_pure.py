@@ -153,6 +153,34 @@ def test_logo_crop(rgb):
     assert aug.logo_variant_name((1234567, 0, 2000000, 5)) == "logo-v1-m0.25-1234567_0_2000000_5"
 
 
+
+def test_tiles_of_a_logo_photo_are_labelled_by_its_boxes():
+    """2x2 tiles of a 700 px photo (400 px each, overlapping by 100): a tile holding >= half a box shows the brand,
+    one holding < a tenth of every box is a background example, one that cuts a logo is left out."""
+    assert aug.tile_labels([(10, 10, 60, 60)], 700, 700, 2, "nike", "neither") == ["nike", "neither", "neither", "neither"]
+    assert aug.tile_labels([(380, 380, 420, 420)], 700, 700, 2, "nike", "neither") == [None, "nike", "nike", "nike"]
+    assert aug.tile_labels([(10, 10, 60, 60)], 700, 700, 2, "nike", None) == ["nike", None, None, None]
+    assert aug.tile_labels([(10, 10, 60, 60), (650, 650, 690, 690)], 700, 700, 2, "nike", "neither") == [
+        "nike", "neither", "neither", "nike"]
+    assert aug.tile_labels([(300, 10, 500, 60)], 700, 700, 2, "nike", "neither") == ["nike", "nike", "neither", "neither"]
+    assert aug.tile_labels([(0, 0, 700, 700)], 700, 700, 2, "nike", "neither") == [None] * 4  # a third in each
+
+
+def test_upright_size_reads_the_header_as_the_decoder_turns_it(tmp_path):
+    from PIL import Image
+
+    from brandlens.imaging import ImageDecodeError, decode_image, upright_size
+
+    image = Image.fromarray(np.zeros((30, 50, 3), np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees to show upright
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    assert upright_size(buffer.getvalue()) == decode_image(buffer.getvalue()).shape[:2] == (50, 30)
+    with pytest.raises(ImageDecodeError):
+        upright_size(b"not an image")
+
+
 # --- sources ------------------------------------------------------------------------------
 
 def test_detect_format_and_input_spec(tmp_path):

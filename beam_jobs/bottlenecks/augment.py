@@ -27,6 +27,10 @@ BACKGROUND_SIDES = ("left", "right", "top", "bottom")
 MIN_BACKGROUND_SIDE = 0.3
 MIN_BACKGROUND_AREA = 0.15
 DEFAULT_LOGO_MARGIN = 0.25
+# A tile of a photo with logo boxes shows the brand when it holds >= half of one box, and is logo-free when it holds
+# < a tenth of every box; a tile that cuts a logo in between is no example of either.
+TILE_LOGO_SHARE = 0.5
+TILE_EMPTY_SHARE = 0.1
 
 # Mild on purpose: the classifier learns brands, and strong colour changes alter brand colours.
 MIN_CROP_SIDE = 0.75       # each side keeps >= 75 % of the image
@@ -38,7 +42,7 @@ ORIGINAL = "original"
 AUGMENTED = "augmented"
 LOGO = "logo"
 BACKGROUND = "background"  # a strip of a logo photo outside all its logo boxes: an in-domain photo without the brand
-TILE = "tile"              # one of the scoring job's multi-crop tiles, labelled as its photo
+TILE = "tile"              # one of the scoring job's multi-crop tiles: labelled as its photo, or by its logo boxes
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,8 @@ def variants(original_name: str, augment_count: int = 0, boxes=(), margin: float
     """The original, ``augment_count`` augmentations, one logo crop per box, the background strips, then the tiles.
 
     ``background_boxes`` are all logo boxes of the image: each strip beside their union is a candidate.
-    ``tiles``: the ``tiles`` x ``tiles`` multi-crop tiles, for a photo whose label holds for every part of it
-    (the caller gives none for photos with logo boxes: their logo crops and strips say where the brand is).
+    ``tiles``: the ``tiles`` x ``tiles`` multi-crop tiles (for a photo with logo boxes, :func:`tile_labels` says
+    which of them are examples and of what).
     """
     union = _union(background_boxes)
     return ([Variant(original_name)]
@@ -88,6 +92,22 @@ def variants(original_name: str, augment_count: int = 0, boxes=(), margin: float
                 for i, side in enumerate(BACKGROUND_SIDES)] if union else [])
             + ([Variant(tile_variant_name(tiles, i), TILE, index=i, grid=tiles) for i in range(tiles * tiles)]
                if tiles > 1 else []))
+
+
+def tile_labels(boxes, height: int, width: int, grid: int, label: str, empty_label: str | None) -> list[str | None]:
+    """Per tile (:func:`brandlens.preprocess.tile_boxes` order) of a photo with logo ``boxes`` (x1, y1, x2, y2 in the
+    pixels of its ``height`` x ``width`` upright image): ``label`` where the tile shows a logo, ``empty_label`` where
+    it is logo-free, None where it cuts a logo (or is logo-free and ``empty_label`` is None).
+
+    Scoring with --multi-crop sees logos at tile scale, half of them cut or missing: a tile labelled as its whole
+    photo would teach the brand from tiles that do not show it.
+    """
+    out = []
+    for top, left, bottom, right in tile_boxes(height, width, grid):
+        share = max(max(0, min(x2, right) - max(x1, left)) * max(0, min(y2, bottom) - max(y1, top))
+                    / max(1e-9, (x2 - x1) * (y2 - y1)) for x1, y1, x2, y2 in boxes)
+        out.append(label if share >= TILE_LOGO_SHARE else empty_label if share < TILE_EMPTY_SHARE else None)
+    return out
 
 
 def _union(boxes) -> Box | None:

@@ -68,7 +68,7 @@ class BottleneckConfig:
     logo_margin: float = DEFAULT_LOGO_MARGIN
     background_crops: bool = False  # strips of logo photos outside their boxes, as background_label examples
     background_label: str = "neither"
-    tiles: int = 0  # the scoring job's multi-crop tiles (grid per side) of training photos without logo boxes
+    tiles: int = 0  # the scoring job's multi-crop tiles (grid per side) of training photos; logo photos' by their boxes
     label_map: tuple[tuple[str, str], ...] = ()  # (from, to): labels renamed before --labels is checked
     cut: int | None = None  # also store the backbone's map entering this block (for the trainer's --adapt blocks)
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -150,8 +150,11 @@ class BottleneckConfig:
                                "photos without the brand from the same source as the brand photos")
         data.add_argument("--tiles", type=int, default=0, metavar="N",
                           help="also train on the N x N overlapping tiles that the scoring job's --multi-crop N scores, of "
-                               "every training photo without logo boxes, labelled as the photo: tiles of 'neither' photos "
-                               "teach the model that a part of an everyday photo is no brand (default 0: off)")
+                               "every training photo: a photo without logo boxes labels its tiles as itself (tiles of "
+                               "'neither' photos teach that a part of an everyday photo is no brand); a photo with boxes "
+                               "labels a tile holding >= half a box as its brand, one holding < a tenth of every box as "
+                               "--background-label (with --background-crops), and leaves out tiles that cut a logo "
+                               "(default 0: off)")
         data.add_argument("--background-label", default="neither",
                           help="label of the background strips (default %(default)s: the open-world class)")
         data.add_argument("--logo-margin", type=float, default=DEFAULT_LOGO_MARGIN,

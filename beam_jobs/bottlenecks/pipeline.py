@@ -33,7 +33,7 @@ from beam_jobs.common.progress import LogProgress
 from beam_jobs.common.records import DEAD_LETTER_TAG, EMBED_FAILED, STAGE_EMBED, STAGE_FETCH, STAGE_LABEL, ImageRecord
 from beam_jobs.common.sources import FORMAT_WEBDATASET, ReadImages
 from brandlens.backbones.artifact import BackboneFingerprint
-from brandlens.imaging import content_hash
+from brandlens.imaging import ImageDecodeError, content_hash, upright_size
 from brandlens.preprocess import decode_side
 from schemas import layout
 from schemas.bottleneck import ORIGINAL_VARIANT, SPLITS, BottleneckRecord, encode_cut_map, to_example_bytes
@@ -122,6 +122,7 @@ class _Planned(NamedTuple):
     wanted: list
     missing: list
     rgb: object  # decoded pixels, a DeadLetter, or None when every wanted variant is cached
+    tile_labels: dict  # variant name -> label, for the tiles of a photo with logo boxes
 
 
 class _PlanDoFn(beam.DoFn):
@@ -134,6 +135,7 @@ class _PlanDoFn(beam.DoFn):
         self._augment = config.augment
         self._logo_crops = config.logo_crops
         self._background_label = config.background_label if config.background_crops else None
+        self._empty_tile_label = self._background_label  # a logo-free tile of a logo photo is a background example
         self._logo_margin = config.logo_margin
         self._max_pixels = config.max_pixels
         self._max_bytes = config.max_bytes
@@ -144,7 +146,7 @@ class _PlanDoFn(beam.DoFn):
         if split != "train":
             return aug.variants(ORIGINAL_VARIANT)
         return aug.variants(ORIGINAL_VARIANT, self._augment, boxes if self._logo_crops else (), self._logo_margin,
-                            boxes if self._background_label else (), 0 if boxes else self._tiles)
+                            boxes if self._background_label else (), self._tiles)
 
     def setup(self):
         self._threads = max(1, os.cpu_count() or 1)
@@ -185,16 +187,35 @@ class _PlanDoFn(beam.DoFn):
         for variant, embedding in cache_entries:
             cached.setdefault(variant, embedding)
         wanted = self._wanted(kept.split, decision.boxes)
+        record = None if data is None else ImageRecord(kept.uri, kept.record_id, data=data)
+        tile_labels: dict = {}
+        if decision.boxes and any(v.kind == aug.TILE for v in wanted):
+            record = record if record is not None else self._read_again(kept, digest)
+            tile_labels = self._tile_labels(record, kept.label, decision.boxes, wanted)
+            wanted = [v for v in wanted if v.kind != aug.TILE or tile_labels.get(v.name)]
         missing = [v for v in wanted if v.name not in cached]
         rgb = None
-        if missing:
+        if missing or isinstance(record, DeadLetter):
             kinds = {v.kind for v in missing}
             min_side = (None if kinds & {aug.LOGO, aug.BACKGROUND} else
                         self._tile_min_side if aug.TILE in kinds else self._min_side)
-            rgb = self._read_again(kept, digest) if data is None else ImageRecord(kept.uri, kept.record_id, data=data)
+            rgb = record if record is not None else self._read_again(kept, digest)
             if isinstance(rgb, ImageRecord):
                 rgb = decode(rgb, self._max_pixels, min_side)
-        return _Planned(digest, members, decision, cached, wanted, missing, rgb)
+        return _Planned(digest, members, decision, cached, wanted, missing, rgb, tile_labels)
+
+    def _tile_labels(self, record, label: str, boxes, wanted) -> dict:
+        """Variant name -> label of the tiles of a photo with logo boxes, placed on its upright full-size header;
+        tiles that cut a logo get none (nor logo-free ones without background examples)."""
+        if not isinstance(record, ImageRecord):
+            return {}
+        try:
+            height, width = upright_size(record.data)
+        except ImageDecodeError:
+            return {}  # the decode says why
+        grid = next(v.grid for v in wanted if v.kind == aug.TILE)
+        return {aug.tile_variant_name(grid, i): lab
+                for i, lab in enumerate(aug.tile_labels(boxes, height, width, grid, label, self._empty_tile_label))}
 
     def _emit(self, planned: _Planned):
         digest, decision, kept, rgb = planned.digest, planned.decision, planned.decision.kept, planned.rgb
@@ -206,7 +227,7 @@ class _PlanDoFn(beam.DoFn):
         requests = list(self._variant_pixels(rgb, digest, planned.missing)) if planned.missing else []
 
         def key(name: str) -> ExampleKey:
-            label = self._background_label if name.startswith("bg-") else kept.label
+            label = self._background_label if name.startswith("bg-") else planned.tile_labels.get(name, kept.label)
             return ExampleKey(digest, kept.uri, kept.record_id, label, kept.split, name)
 
         for variant in planned.wanted:
