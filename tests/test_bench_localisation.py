@@ -28,3 +28,20 @@ def test_a_second_brand_passing_its_threshold_on_one_tile_is_reported():
     np.testing.assert_allclose(best, [[0.9, 0.2, 0.7], [0.6, 0.8, 0.1]], rtol=1e-6)
     found = reported_with_tiles(whole, tiles, 2, LABELS, {"adidas": 0.65, "nike": 0.65})
     assert found == [{"adidas", "nike"}, set()]
+
+
+def test_product_multibrand_rates_count_both_brands_extras_and_false_alarms():
+    from bench.multibrand_product import measure
+
+    truth = {"c0": {"kind": "side_by_side", "labels": ["nike", "bmw"]},
+             "c1": {"kind": "pasted_small", "labels": ["nike", "bmw"]},
+             "t0": {"kind": "test", "labels": ["nike"]}, "t1": {"kind": "test", "labels": ["bmw"]},
+             "t2": {"kind": "test", "labels": []}, "t3": {"kind": "test", "labels": []}}
+    found = {"c0": ("nike", {"nike", "bmw"}), "c1": ("nike", {"nike"}),
+             "t0": ("nike", {"nike", "dhl"}), "t1": ("dhl", {"dhl"}),  # a wrong label is no extra brand
+             "t2": ("neither", set()), "t3": ("neither", {"ford"})}
+    rates = measure(found, truth)
+    assert rates["multi_brand_recall"] == 0.5 and rates["multi_brand_recall_by_kind"] == {"side_by_side": 1.0, "pasted_small": 0.0}
+    assert rates["single_brand_false_extra_rate"] == 0.5 and rates["logo_free_with_a_brand"] == 0.5
+    assert rates["test_accuracy"] == 0.75 and rates["test_brand_accuracy"] == 0.5 and rates["test_false_alarm_rate"] == 0.0
+    assert (rates["n_composites"], rates["n_test"]) == (2, 4)
