@@ -209,6 +209,26 @@ def choose_thresholds(combined: np.ndarray, y: np.ndarray, labels, neither: str 
     return out
 
 
+def conformal_thresholds(combined: np.ndarray, y: np.ndarray, labels, neither: str | None, max_extra_rate: float,
+                         floor: float = 0.5) -> dict:
+    """One threshold for every brand, so that at most ``max_extra_rate`` of single-brand photos get an extra brand.
+
+    ``combined`` [N, C] are held-out photos' scores; only brand photos count (those the rate is about). Each photo's
+    best score for a brand it does not show is its extra-brand score; the threshold is the ceil((n + 1)(1 - rate))-th
+    smallest of the n such scores (split conformal: for photos like these, the expected extra rate is at most the
+    rate). Per-brand thresholds would each be the highest score among a few hundred photos, and their misses add up
+    over brands (27 brands, 179 validation photos: about 27 / 180 of new photos get an extra). Fewer brand photos than
+    the rate can promise give 1.0 (no extra brands).
+    """
+    combined, y = np.asarray(combined, np.float64), np.asarray(y)
+    brands = [j for j, name in enumerate(labels) if name != neither]
+    rows = [i for i in range(len(y)) if y[i] in brands]
+    extra = np.sort([max((combined[i, j] for j in brands if j != y[i]), default=0.0) for i in rows])
+    k = int(np.ceil((len(extra) + 1) * (1.0 - max_extra_rate)))
+    t = extra[k - 1] + 1e-6 if 0 < k <= len(extra) else 1.0
+    return {labels[j]: float(min(max(t, floor), 1.0)) for j in brands}
+
+
 def thresholds_from_model(score_bytes, blobs: list[bytes], y: np.ndarray, labels, neither: str | None,
                           max_extra_rate: float = MAX_EXTRA_RATE, batch: int = 32) -> dict | None:
     """Per-brand thresholds for an exported model from held-out photos (``score_bytes``: bytes[N] -> outputs).
@@ -260,7 +280,8 @@ def tile_thresholds_from_model(score_images, photos: list[np.ndarray], y: np.nda
 
     ``photos`` are decoded RGB arrays; each is prepared as the scoring job's ``--multi-crop`` prepares its views
     (the whole photo as trained, tiles squashed) and ``score_images`` (images [N, S, S, 3] -> outputs) scores them.
-    Thresholds on whole photos would let tiles, which see more of each logo and of everything else, add extras.
+    Thresholds on whole photos would let tiles, which see more of each logo and of everything else, add extras;
+    one conformal threshold (:func:`conformal_thresholds`) keeps the rate out of sample.
     """
     from brandlens.preprocess import prepare, tile_boxes
 
@@ -277,4 +298,4 @@ def tile_thresholds_from_model(score_images, photos: list[np.ndarray], y: np.nda
     if not combined:
         return None
     best = np.concatenate(combined).reshape(len(photos), grid * grid + 1, -1).max(axis=1)
-    return choose_thresholds(best, np.asarray(y), labels, neither, max_extra_rate)
+    return conformal_thresholds(best, np.asarray(y), labels, neither, max_extra_rate)

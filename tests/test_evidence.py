@@ -96,6 +96,35 @@ def test_thresholds_and_several_brands_per_photo():
     assert ev.reported_brands("acme", scores, labels, "neither", None)[0]["box"] is None
 
 
+def test_a_conformal_threshold_keeps_the_extra_brand_rate_on_new_photos():
+    """Per-brand thresholds, each the highest score of another photo, let extras through on new photos of many brands;
+    one threshold at the conformal quantile of the photos' best other-brand scores holds the rate."""
+    labels = [f"b{i}" for i in range(27)] + ["neither"]  # as FlickrLogos-27, with its 179 validation photos
+
+    def photos(n, seed):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 28, n)
+        combined = rng.beta(1, 6, (n, 28))
+        combined[np.arange(n), y] = 0.97
+        return combined, y
+
+    held, y = photos(179, 0)
+    new, y_new = photos(20000, 1)
+
+    def extra_rate(combined, y, thresholds):
+        t = np.array([thresholds.get(name, 2.0) for name in labels])
+        brand = y < 27
+        hits = (combined >= t) & (np.arange(28) != y[:, None])
+        return hits[brand].any(axis=1).mean()
+
+    conformal = ev.conformal_thresholds(held, y, labels, "neither", 0.04, floor=0.0)
+    assert set(conformal) == set(labels[:27]) and len(set(conformal.values())) == 1
+    assert extra_rate(held, y, conformal) <= 0.04 and extra_rate(new, y_new, conformal) <= 0.05
+    per_brand = ev.choose_thresholds(held, y, labels, "neither", 0.04, floor=0.0)
+    assert extra_rate(new, y_new, per_brand) > 0.05  # the rule it replaces for tiles
+    assert ev.conformal_thresholds(held[:10], y[:10], labels, "neither", 0.04)["b0"] == 1.0  # too few photos to promise
+
+
 def test_a_brand_that_passes_its_tile_threshold_on_any_view_is_added_with_that_views_box():
     labels = ["acme", "neither", "zenith"]
     brands = ev.reported_brands("acme", np.array([0.7, 0.2, 0.1]), labels, "neither", None)
