@@ -118,6 +118,7 @@ def test_counts_reconcile_and_every_bad_record_is_dead_lettered(archive, first_r
     assert counts["read"] == len(rows) + 1 == 19
     assert counts["dead_lettered"] == {reason: 1 for reason in EXPECTED_DEAD}
     assert counts["duplicates"] == 1 and counts["duplicates_cross_split"] == 1
+    assert counts["tiles_left_out"] == 3  # the logo photo's tiles that cut its logo box
     assert sum(counts["written"].values()) == 10
     assert summary["reconciliation"]["ok"] and summary["reconciliation"]["unaccounted"] == 0
     assert json.loads((Path(config.output) / layout.SUMMARY).read_text()) == json.loads(json.dumps(summary, default=str))

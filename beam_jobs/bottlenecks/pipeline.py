@@ -45,6 +45,7 @@ REQUESTS_TAG = "requests"
 EXAMPLES = "examples"
 CACHE_HITS = "cache_hits"
 CNN_IMAGES = "cnn_images"
+TILES_LEFT_OUT = "tiles_left_out"  # tiles of logo photos that are no example: they cut a logo
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class _Planned(NamedTuple):
     missing: list
     rgb: object  # decoded pixels, a DeadLetter, or None when every wanted variant is cached
     tile_labels: dict  # variant name -> label, for the tiles of a photo with logo boxes
+    tiles_left_out: int  # of those: tiles that cut a logo (or logo-free ones without background examples)
 
 
 class _PlanDoFn(beam.DoFn):
@@ -189,10 +191,12 @@ class _PlanDoFn(beam.DoFn):
         wanted = self._wanted(kept.split, decision.boxes)
         record = None if data is None else ImageRecord(kept.uri, kept.record_id, data=data)
         tile_labels: dict = {}
+        tiles_left_out = 0
         if decision.boxes and any(v.kind == aug.TILE for v in wanted):
             record = record if record is not None else self._read_again(kept, digest)
             tile_labels = self._tile_labels(record, kept.label, decision.boxes, wanted)
-            wanted = [v for v in wanted if v.kind != aug.TILE or tile_labels.get(v.name)]
+            kept_variants = [v for v in wanted if v.kind != aug.TILE or tile_labels.get(v.name)]
+            tiles_left_out, wanted = len(wanted) - len(kept_variants), kept_variants
         missing = [v for v in wanted if v.name not in cached]
         rgb = None
         if missing or isinstance(record, DeadLetter):
@@ -202,7 +206,7 @@ class _PlanDoFn(beam.DoFn):
             rgb = record if record is not None else self._read_again(kept, digest)
             if isinstance(rgb, ImageRecord):
                 rgb = decode(rgb, self._max_pixels, min_side)
-        return _Planned(digest, members, decision, cached, wanted, missing, rgb, tile_labels)
+        return _Planned(digest, members, decision, cached, wanted, missing, rgb, tile_labels, tiles_left_out)
 
     def _tile_labels(self, record, label: str, boxes, wanted) -> dict:
         """Variant name -> label of the tiles of a photo with logo boxes, placed on its upright full-size header;
@@ -225,6 +229,7 @@ class _PlanDoFn(beam.DoFn):
                     uri=candidate.uri, stage=rgb.stage, reason=rgb.reason, message=rgb.message, record_id=candidate.record_id))
             return
         requests = list(self._variant_pixels(rgb, digest, planned.missing)) if planned.missing else []
+        self._counters.inc(TILES_LEFT_OUT, planned.tiles_left_out)
 
         def key(name: str) -> ExampleKey:
             label = self._background_label if name.startswith("bg-") else planned.tile_labels.get(name, kept.label)
