@@ -261,6 +261,10 @@ def _tile_thresholds(output: Path, data, image_root, read_bytes, resolve_uri) ->
     found = evidence.tile_thresholds_from_model(score, photos, np.array(y), data.labels, data.neither_label, size, crop,
                                                 mode)
     log.info("tile thresholds for --multi-crop %d from %d validation photos: %s", evidence.TILE_GRID, len(photos), found)
+    if found and min(found.values()) >= 1.0:
+        log.warning("--multi-crop %d will add no brands from tiles: %d validation photos are too few brand photos to "
+                    "hold extra brands to %.0f%% (about %d needed)", evidence.TILE_GRID, len(photos),
+                    100 * evidence.MAX_EXTRA_RATE, int(np.ceil(1 / evidence.MAX_EXTRA_RATE)))
     return None if found is None else {str(evidence.TILE_GRID): found}
 
 
