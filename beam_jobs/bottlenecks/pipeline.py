@@ -45,7 +45,7 @@ REQUESTS_TAG = "requests"
 EXAMPLES = "examples"
 CACHE_HITS = "cache_hits"
 CNN_IMAGES = "cnn_images"
-TILES_LEFT_OUT = "tiles_left_out"  # tiles of logo photos that are no example: they cut a logo
+TILES_LEFT_OUT = "tiles_left_out"  # tiles of logo photos that are no example: they cut a logo (or no --background-crops)
 
 
 @dataclass(frozen=True)
