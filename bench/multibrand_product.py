@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, SHARED_DATA
-from bench.localisation import NEITHER, collect, composites
+from bench.localisation import NEITHER, collect, composites, localisation_rates
 
 log = logging.getLogger("bench.multibrand_product")
 RESULTS_JSON = REPO / "bench" / "results" / "multibrand_product.json"
@@ -112,28 +112,27 @@ def evidence_on_validation(export: str) -> dict:
 
     card = json.loads((Path(export) / contract.MODEL_CARD).read_text())
     labels, backbone = card["labels"], card["backbone"]
+    crop, mode = backbone["crop_fraction"], backbone["resize_mode"]
     serving = tf.saved_model.load(str(Path(export) / contract.SERVING_DIR)).signatures[contract.SIG_IMAGES]
     annotations = read_annotations(SHARED_DATA / ANNOTATION_FILE)
-    hits, good, areas = [], [], []
+    items, sizes, outs, y = [], [], [], []
     for row in csv.DictReader((SHARED_DATA / "manifests" / "flickrlogos27.csv").open()):
         key = (Path(row["uri"]).parent.name, Path(row["uri"]).name)
         if row["split"] != "validation" or key not in annotations:
             continue
         rgb = decode_image((SHARED_DATA / row["uri"]).read_bytes())
-        height, width = rgb.shape[:2]
-        image = prepare(rgb, backbone["input_size"], backbone["crop_fraction"], backbone["resize_mode"])
-        out = {k: v.numpy() for k, v in serving(**{contract.INPUT_IMAGES: tf.constant(image[None])}).items()}
-        j = labels.index(row["label"])
-        point = ev.input_box_to_image(out[contract.OUT_EVIDENCE_POINTS][0, j], height, width,
-                                      backbone["crop_fraction"], backbone["resize_mode"])
-        box = ev.input_box_to_image(out[contract.OUT_EVIDENCE_BOXES][0, j], height, width,
-                                    backbone["crop_fraction"], backbone["resize_mode"])
-        truth = [(x1 / width, y1 / height, x2 / width, y2 / height) for x1, y1, x2, y2 in annotations[key]]
-        hits.append(any(t[0] <= point[0] <= t[2] and t[1] <= point[1] <= t[3] for t in truth))
-        good.append(max(ev.iou(box, t) for t in truth) >= 0.5)
-        areas.append(float(ev.box_area(box)))
-    return {"n_photos": len(hits), "pointing_game": round(float(np.mean(hits)), 6),
-            "box_iou50_rate": round(float(np.mean(good)), 6), "median_box_area": round(float(np.median(areas)), 6)}
+        image = prepare(rgb, backbone["input_size"], crop, mode)
+        outs.append({k: v.numpy()[0] for k, v in serving(**{contract.INPUT_IMAGES: tf.constant(image[None])}).items()
+                     if k in (contract.OUT_EVIDENCE_POINTS, contract.OUT_EVIDENCE_BOXES)})
+        items.append({"boxes": annotations[key]})
+        sizes.append(rgb.shape[:2])
+        y.append(labels.index(row["label"]))
+    out = {k: np.stack([o[k] for o in outs]) for k in outs[0]}
+    rates = localisation_rates(items, sizes, out, y, crop, mode)
+    areas = [ev.box_area(ev.input_box_to_image(out[contract.OUT_EVIDENCE_BOXES][i, y[i]], *sizes[i], crop, mode))
+             for i in range(len(y))]
+    return {"n_photos": rates["n_photos"], "pointing_game": round(rates["pointing_game"], 6),
+            "box_iou50_rate": round(rates["box_iou50_rate"], 6), "median_box_area": round(float(np.median(areas)), 6)}
 
 
 def render(result: dict) -> str:
