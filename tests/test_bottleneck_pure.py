@@ -355,3 +355,25 @@ def test_config_from_command_line(tmp_path):
         _parser().parse_args(["--input", "m.csv", "--output", "o", "--splits", "0.5,0.6,0.1"])
     with pytest.raises(ConfigError):
         BottleneckConfig(input="m.csv", output="o", augment=-1)
+
+
+def test_a_logo_photo_changed_before_its_tiles_are_placed_is_dead_lettered_not_mislabelled(tmp_path):
+    """Tiles of a photo with boxes need its size: the plan reads it again. Bytes that changed since hashing end as a
+    dead letter for the record; unchanged bytes give the tiles their labels from the boxes."""
+    from PIL import Image
+
+    from beam_jobs.bottlenecks.pipeline import _PlanDoFn
+    from brandlens.imaging import content_hash
+
+    path = tmp_path / "logo.jpg"
+    Image.fromarray(np.full((320, 320, 3), 128, np.uint8)).save(path)
+    digest = content_hash(path.read_bytes())
+    plan = _PlanDoFn(BottleneckConfig(input="m.csv", output="out", tiles=2, background_crops=True), "bb")
+    members = [(Candidate(str(path), "m.csv:2", "acme", "train", (40.0, 40.0, 200.0, 200.0)), None)]
+    planned = plan._pixels(digest, members, [])
+    assert planned.tile_labels == {"tile-v1-g2-0": "acme", "tile-v1-g2-1": None, "tile-v1-g2-2": None, "tile-v1-g2-3": None}
+    assert planned.tiles_left_out == 3 and planned.rgb.shape == (320, 320, 3)
+    Image.fromarray(np.full((320, 320, 3), 7, np.uint8)).save(path)  # replaced while the job ran
+    planned = plan._pixels(digest, members, [])
+    assert isinstance(planned.rgb, DeadLetter) and planned.rgb.reason == "unreadable" and "changed" in planned.rgb.message
+    assert not [v for v in planned.wanted if v.kind == aug.TILE]
